@@ -1,0 +1,25 @@
+# Two entry points; both install what is missing first (idempotent).
+PY := .venv/bin/python
+STAMP := .venv/.vss-installed
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py tools/install.sh tools/build_detectron2.py
+	bash tools/install.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/quickstart.py
+
+# The whole suite (slow tests included), as CI runs it.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Fast subset for development.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf .venv build output *.egg-info

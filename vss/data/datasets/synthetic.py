@@ -1,0 +1,23 @@
+"""Synthetic moving-object video in VSPW layout, written by datasets/prepare_synthetic.py.
+
+The class list lives here so that the generator and the registration agree.
+"""
+import os
+
+from .vspw import register_vspw_layout
+
+# Background region classes first, then the moving object classes.
+SYNTHETIC_BACKGROUND = ["sky", "grass", "road", "wall"]
+SYNTHETIC_OBJECTS = ["car", "person", "ball", "bird"]
+SYNTHETIC_CLASSES = SYNTHETIC_BACKGROUND + SYNTHETIC_OBJECTS
+SYNTHETIC_COLORS = [
+    (70, 130, 180), (107, 142, 35), (128, 64, 128), (102, 102, 156),
+    (0, 0, 142), (220, 20, 60), (250, 170, 30), (255, 0, 0),
+]
+SYNTHETIC_DIRNAME = "synthetic_vss"
+
+
+def register_all_synthetic(datasets_root):
+    root = os.path.join(datasets_root, SYNTHETIC_DIRNAME)
+    for split in ("train", "val"):
+        register_vspw_layout(f"synthetic_vss_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS)

@@ -1,0 +1,70 @@
+"""Optimizer with Mask2Former-style parameter groups and whole-model gradient clipping."""
+import itertools
+
+import torch
+from detectron2.solver.build import maybe_add_gradient_clipping
+
+NORM_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.LocalResponseNorm,
+)
+# Parameters that act like embeddings and take SOLVER.WEIGHT_DECAY_EMBED.
+EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
+
+
+def param_groups(cfg, model):
+    """One group per trainable parameter with its lr and weight decay.
+
+    Frozen parameters (requires_grad False) are left out, so freezing is decided by the
+    model alone.
+    """
+    base_lr, wd = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+    groups, seen = [], set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or param in seen:
+                continue
+            seen.add(param)
+            lr, decay = base_lr, wd
+            if module_name.startswith("backbone"):
+                lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
+            if isinstance(module, NORM_TYPES):
+                decay = cfg.SOLVER.WEIGHT_DECAY_NORM
+            elif isinstance(module, torch.nn.Embedding) or name in EMBED_NAMES:
+                decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            groups.append({"params": [param], "lr": lr, "weight_decay": decay})
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    return groups
+
+
+def with_full_model_clipping(optim_cls, max_norm):
+    """A subclass of `optim_cls` clipping the global gradient norm before each step."""
+
+    class FullModelClipped(optim_cls):
+        def step(self, closure=None):
+            params = itertools.chain(*[g["params"] for g in self.param_groups])
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return super().step(closure=closure)
+
+    FullModelClipped.__name__ = f"{optim_cls.__name__}FullModelClipped"
+    return FullModelClipped
+
+
+def build_optimizer(cfg, model):
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "SGD":
+        optim_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}
+    elif name == "ADAMW":
+        optim_cls, kwargs = torch.optim.AdamW, {}
+    else:
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        optim_cls = with_full_model_clipping(optim_cls, clip.CLIP_VALUE)
+    else:
+        optim_cls = maybe_add_gradient_clipping(cfg, optim_cls)
+    return optim_cls(param_groups(cfg, model), lr=cfg.SOLVER.BASE_LR, **kwargs)

@@ -1,0 +1,39 @@
+"""Trainer: detectron2's DefaultTrainer with this project's loaders, evaluator and solver."""
+import os
+
+from detectron2.engine import DefaultTrainer
+from detectron2.projects.deeplab import build_lr_scheduler
+
+from ..data.build import build_video_train_loader
+from ..data.video import build_video_test_loader
+from ..evaluation import VSSEvaluator
+from .optimizer import build_optimizer
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_video_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_video_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return VSSEvaluator(
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder,
+            vc_windows=tuple(cfg.TEST.VSS.VC_WINDOWS),
+            save_predictions=cfg.TEST.VSS.SAVE_PREDICTIONS,
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
