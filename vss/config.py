@@ -36,9 +36,11 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
     cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
     cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
-    # Transformer decoder sizes.
+    # Attention heads of the transformer decoder AND of the pixel decoder's deformable
+    # encoder (upstream reads this key for both; DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS is unused).
     cfg.MODEL.MASK_FORMER.NHEADS = 8
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    # Transformer decoder FFN width (the pixel decoder's encoder always uses 1024, as upstream).
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
     cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
     # Number of predictions: decoder layers + 1 (the prediction from the learnable queries).
@@ -97,7 +99,7 @@ def add_maskformer2_config(cfg):
     # Multi-scale deformable-attention pixel decoder.
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # unused upstream too (see NHEADS)
     # Point-sampled mask loss: points per mask and importance sampling.
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0

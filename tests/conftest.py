@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two cores on CI: keep intra-op threads bounded and the runs reproducible.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir():
+    """The shared reference data (key lists, parity fixture), kept beside the repo."""
+    return Path(os.environ.get("VSS_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    path = _reference_dir()
+    if not path.is_dir():
+        msg = f"reference data not found at {path} (set VSS_REFERENCE_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)  # CI always has it: a missing folder is a broken set-up
+        pytest.skip(msg)
+    return path

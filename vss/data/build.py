@@ -1,0 +1,86 @@
+"""Training loader over video datasets.
+
+detectron2's get_detection_dataset_dicts drops records without "annotations",
+which frame records never have, so the training records are gathered here and
+filtered by what the configured sampler can use as a target.
+"""
+import logging
+
+from detectron2.data import DatasetCatalog, build_detection_train_loader
+
+from .mappers import ClipMapper, FrameMapper, PairMapper
+from .video import group_by_video
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("frame", "pair", "clip")
+
+
+def _check_sampler(cfg):
+    sampler = cfg.INPUT.VIDEO.SAMPLER
+    if sampler not in SAMPLERS:
+        raise ValueError(f"INPUT.VIDEO.SAMPLER is {sampler!r}; expected one of {SAMPLERS}")
+    return sampler
+
+
+def build_mapper(cfg, is_train=True, videos=None):
+    """The mapper for INPUT.VIDEO.SAMPLER; test loading is always per frame.
+
+    "pair" and "clip" read other frames of a video, so they need `videos`
+    (vss.data.video.group_by_video of the training records).
+    """
+    sampler = _check_sampler(cfg)
+    if not is_train or sampler == "frame":
+        return FrameMapper(cfg, is_train)
+    if videos is None:
+        raise ValueError(f"the {sampler!r} mapper needs `videos`, the video index of the training records")
+    cls = PairMapper if sampler == "pair" else ClipMapper
+    return cls(cfg, videos=videos)
+
+
+def usable_targets(records, sampler):
+    """The records `sampler` can use as a training target, and {reason: count} for the rest."""
+    kept, dropped = [], {}
+    for rec in records:
+        if rec.get("sem_seg_file_name") is None:
+            reason = "unlabelled"
+        elif sampler == "pair" and rec["frame_idx"] < 1:
+            reason = "first frame of its video (a pair needs an earlier key frame)"
+        else:
+            kept.append(rec)
+            continue
+        dropped[reason] = dropped.get(reason, 0) + 1
+    return kept, dropped
+
+
+def build_video_train_loader(cfg, mapper=None):
+    """detectron2's infinite training loader over the usable target frames of cfg.DATASETS.TRAIN."""
+    sampler = _check_sampler(cfg)
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("cfg.DATASETS.TRAIN names no dataset")
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported for "
+                         "video training (it needs detection annotations); use 'TrainingSampler'")
+    records = []
+    for name in cfg.DATASETS.TRAIN:
+        dataset = DatasetCatalog.get(name)
+        if not dataset:
+            raise ValueError(f"training dataset {name!r} has no frames")
+        records.extend(dataset)
+    videos = group_by_video(records)
+    targets, dropped = usable_targets(records, sampler)
+    names = ", ".join(cfg.DATASETS.TRAIN)
+    if not targets:
+        raise ValueError(f"no usable training frames for sampler {sampler!r} in {names}: dropped {dropped}")
+    logger.info("training on %d of %d frames (%d videos) of %s with sampler %r; dropped: %s",
+                len(targets), len(records), len(videos), names, sampler,
+                ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none")
+    if mapper is None:
+        mapper = build_mapper(cfg, is_train=True, videos=videos)
+    return build_detection_train_loader(
+        dataset=targets,
+        mapper=mapper,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -1,0 +1,388 @@
+"""Synthetic videos for fast end-to-end runs: a panning, textured scene with moving objects.
+
+Each video crops a larger background canvas (sky, wall blocks, grass, a road with
+irregular edges) at an offset that moves a few pixels per frame, then draws objects
+(car, person, ball, bird) that move at their own speeds, some bouncing off the frame
+borders, in depth order. Frames and labels come from the same masks, so labels are
+exact. Motion is large enough that copying a key frame's labels a few frames later
+is clearly worse than the true labels, which is what video methods must fix.
+
+Written in VSPW layout (see `vss.data.datasets.vspw`) with raw label = train id + 1.
+"""
+import json
+import logging
+import os
+import re
+import shutil
+import time
+
+import cv2
+import numpy as np
+
+from .datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS
+
+logger = logging.getLogger(__name__)
+
+# Bump when the rendering changes, so that existing folders are not taken as up to date.
+GENERATOR_VERSION = 1
+LABEL_OFFSET = 1
+JPEG_QUALITY = 92
+SPLITS = ("train", "val")
+SPEC_FILE = "spec.json"
+OWN_FILES = (SPEC_FILE, "classes.json", "train.txt", "val.txt", "data")
+VIDEO_NAME = re.compile(r"^(train|val)_\d{4}$")
+FRAME_DIGITS = 8
+
+RAW = {name: i + LABEL_OFFSET for i, name in enumerate(SYNTHETIC_CLASSES)}
+
+
+def _wave(rng, n, min_period, max_period, terms=3):
+    """A smooth random curve over `n` positions, in [-1, 1]."""
+    x = np.arange(n, dtype=np.float64)
+    periods = rng.uniform(min_period, max_period, terms)
+    phases = rng.uniform(0, 2 * np.pi, terms)
+    amps = rng.uniform(0.5, 1.0, terms)
+    curve = (amps[:, None] * np.sin(2 * np.pi * x[None] / periods[:, None] + phases[:, None])).sum(0)
+    return curve / amps.sum()
+
+
+def _blobs(rng, h, w, cell):
+    """Smooth 2-D noise with features about `cell` pixels wide (unit variance-ish)."""
+    coarse = rng.normal(size=(h // cell + 2, w // cell + 2)).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _background(rng, canvas_h, canvas_w, height, width, top):
+    """(raw labels, float RGB) of the canvas; `top` is the canvas row of the frames' mean top edge."""
+    s = min(height, width) / 120
+    ys = np.arange(canvas_h, dtype=np.float64)[:, None]
+    xs = np.arange(canvas_w, dtype=np.float64)[None]
+    # Per-column jitter makes edges ragged instead of perfectly smooth curves.
+    horizon = top + height * (0.32 + 0.05 * _wave(rng, canvas_w, 0.5 * width, 2 * width))
+    horizon += rng.integers(-1, 2, canvas_w)
+    ground = top + height * (0.48 + 0.04 * _wave(rng, canvas_w, 0.4 * width, 1.5 * width))
+
+    building = np.full(canvas_w, -1)
+    roof = horizon.copy()
+    x, k = int(rng.uniform(0, 0.3) * width), 0
+    while x < canvas_w:
+        bw = max(4, int(rng.uniform(0.15, 0.35) * width))
+        building[x:x + bw] = k
+        roof[x:x + bw] = top + height * rng.uniform(0.06, 0.26)
+        x, k = x + bw + max(4, int(rng.uniform(0.1, 0.45) * width)), k + 1
+
+    slope = rng.uniform(-0.1, 0.1) * (xs[0] - canvas_w / 2) / width
+    road_top = top + height * (0.66 + 0.05 * _wave(rng, canvas_w, 0.3 * width, width) + slope)
+    road_bottom = road_top + height * (0.24 + 0.04 * _wave(rng, canvas_w, 0.3 * width, width))
+    lane = (road_top + road_bottom) / 2
+    road_top += rng.integers(-1, 2, canvas_w)
+    road_bottom += rng.integers(-1, 2, canvas_w)
+
+    is_building = building >= 0
+    label = np.full((canvas_h, canvas_w), RAW["grass"], np.uint8)
+    label[ys < np.where(is_building, roof, horizon)[None]] = RAW["sky"]
+    label[is_building[None] & (ys >= roof[None]) & (ys < ground[None])] = RAW["wall"]
+    label[(ys >= road_top[None]) & (ys < road_bottom[None])] = RAW["road"]
+
+    grain = rng.normal(size=(canvas_h, canvas_w, 1)).astype(np.float32)
+    low = _blobs(rng, canvas_h, canvas_w, max(4, int(12 * s)))[..., None]
+    tone = rng.uniform(-15, 15, 3)
+
+    t = np.clip((ys - top + 0.1 * height) / (0.45 * height), 0, 1)[..., None]
+    sky = (1 - t) * np.array([60, 115, 205]) + t * np.array([170, 200, 235]) + 3 * grain
+    sky += np.clip(low - 0.4, 0, 1) * (250 - sky) * 0.8  # soft clouds
+
+    mow = 12 * np.sin(2 * np.pi * xs / (9 * s) + 3 * low[..., 0])[..., None]
+    grass = np.array([65, 130, 45]) + low * np.array([10, 18, 6]) + 14 * grain + mow * np.array([0.3, 1, 0.2])
+
+    road = np.array([100, 100, 106]) + 9 * grain + 6 * low
+    dash_len = max(4, int(10 * s))
+    dash = (np.abs(ys - lane[None]) < max(1, 1.2 * s)) & ((xs // dash_len) % 2 == 0)
+    road = np.where(dash[..., None], np.array([225, 222, 205]), road)
+
+    palette = np.array([[150, 78, 60], [185, 165, 135], [125, 125, 138], [170, 110, 80]], np.float64)
+    wall = palette[building % len(palette)][None] + rng.uniform(-20, 20, (max(k, 1), 3))[building % max(k, 1)][None]
+    brick_h = max(3, int(round(6 * s)))
+    brick_w = 2 * brick_h + 2
+    row = ys // brick_h
+    mortar = (ys % brick_h == 0) | ((xs + (row % 2) * (brick_w // 2)) % brick_w == 0)
+    wall = wall * np.where(mortar, 0.6, 1.0)[..., None] + 6 * grain
+
+    layers = {"sky": sky, "grass": grass, "road": road, "wall": wall}
+    rgb = np.zeros((canvas_h, canvas_w, 3), np.float32)
+    for name, layer in layers.items():
+        where = label == RAW[name]
+        rgb[where] = np.broadcast_to(layer, (canvas_h, canvas_w, 3))[where] + tone
+    return label, rgb
+
+
+def _ellipse(u, v, rx, ry):
+    return (u / rx) ** 2 + (v / ry) ** 2 <= 1
+
+
+def _rounded_box(u, v, a, b, r):
+    qx = np.maximum(np.abs(u) - (a - r), 0)
+    qy = np.maximum(np.abs(v) - (b - r), 0)
+    return qx**2 + qy**2 <= r**2
+
+
+def _triangle(u, v, points):
+    (x0, y0), (x1, y1), (x2, y2) = points
+    d0 = (x1 - x0) * (v - y0) - (y1 - y0) * (u - x0)
+    d1 = (x2 - x1) * (v - y1) - (y2 - y1) * (u - x1)
+    d2 = (x0 - x2) * (v - y2) - (y0 - y2) * (u - x2)
+    return ((d0 >= 0) & (d1 >= 0) & (d2 >= 0)) | ((d0 <= 0) & (d1 <= 0) & (d2 <= 0))
+
+
+class _Object:
+    """One moving object: a shape in a local (2R+1)^2 patch, its texture there, and a path."""
+
+    def __init__(self, rng, kind, frames, height, width):
+        s = min(height, width) / 120
+        self.kind, self.raw = kind, RAW[kind]
+        self.flap = None
+        gravity, wobble = 0.0, 0.0
+        if kind == "car":
+            self.a, self.b = rng.uniform(16, 24) * s, rng.uniform(8, 11) * s
+            extent, speed, vy = self.a, rng.uniform(1, 4) * s, rng.uniform(-0.3, 0.3) * s
+            y_range, bounce = (0.5, 0.95), rng.random() < 0.7
+        elif kind == "person":
+            self.a, self.b = rng.uniform(5, 7) * s, rng.uniform(15, 20) * s
+            extent, speed, vy = 1.1 * self.b, rng.uniform(0.5, 2) * s, rng.uniform(-0.5, 0.5) * s
+            y_range, bounce = (0.45, 0.9), rng.random() < 0.7
+        elif kind == "ball":
+            self.a = self.b = rng.uniform(7, 11) * s
+            extent, speed, vy = self.a, rng.uniform(1, 3) * s, rng.uniform(-3, 0) * s
+            y_range, bounce, gravity = (0.0, 1.0), True, 0.4 * s
+        else:  # bird: two flapping wing triangles around a small body
+            self.a, self.b = rng.uniform(14, 20) * s, rng.uniform(7, 10) * s
+            extent, speed, vy = self.a, rng.uniform(2, 4.5) * s, rng.uniform(-1, 1) * s
+            y_range, bounce, wobble = (0.1, 0.5), rng.random() < 0.5, rng.uniform(2, 6) * s
+            self.flap = (rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.9))
+        self.radius = int(np.ceil(extent)) + 1
+        r = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
+        self.u, self.v = r[None], r[:, None]
+        self.texture = self._texture(rng)
+        self.path = self._path(rng, frames, height, width, speed, vy, y_range, bounce, gravity, wobble)
+
+    def _texture(self, rng):
+        u, v, a, b = self.u, self.v, self.a, self.b
+        n = 2 * self.radius + 1
+        grain = rng.normal(size=(n, n, 1))
+        if self.kind == "car":
+            body = np.array([rng.uniform(150, 225), rng.uniform(10, 50), rng.uniform(20, 60)])
+            tex = np.broadcast_to(body, (n, n, 3)) * (1 - 0.25 * np.clip(v / b, -1, 1))[..., None]
+            glass = _rounded_box(u, v + 0.55 * b, 0.45 * a, 0.3 * b, 0.2 * b)
+            wheels = _ellipse(np.abs(u) - 0.6 * a, v - 0.75 * b, 0.25 * b, 0.25 * b)
+            tex = np.where(glass[..., None], np.array([150, 180, 200]), tex)
+            tex = np.where(wheels[..., None], np.array([25, 25, 25]), tex)
+            return tex + 5 * grain
+        if self.kind == "person":
+            shirt = rng.uniform([180, 80, 20], [250, 160, 90])
+            tex = np.where((v < 0.15 * b)[..., None], shirt, np.array([35, 45, 95]))
+            tex = np.where((v < -0.55 * b)[..., None], np.array([230, 180, 145]), tex)
+            return tex + 8 * grain
+        if self.kind == "ball":
+            base = np.array([245, 225, 60])
+            angle = rng.uniform(0, np.pi)
+            cu, cv = np.cos(angle) * u + np.sin(angle) * v, -np.sin(angle) * u + np.cos(angle) * v
+            spots = np.sin(2 * np.pi * cu / a) * np.sin(2 * np.pi * cv / a) > 0.5
+            shade = 1 - 0.35 * np.clip((u + v) / (2 * a), -1, 1)
+            return np.where(spots[..., None], np.array([30, 30, 30]), base * shade[..., None]) + 5 * grain
+        feathers = np.array([rng.uniform(40, 80), rng.uniform(25, 50), rng.uniform(15, 35)])
+        return feathers + 18 * grain + 15 * np.sin(u / 1.5)[..., None]
+
+    def _path(self, rng, frames, height, width, speed, vy, y_range, bounce, gravity, wobble):
+        """Integer centre per frame; bouncing objects reflect at the frame (or their band's) border."""
+        lo = np.array([0.0, y_range[0] * height + 0.5 * self.b])
+        hi = np.array([width - 1.0, y_range[1] * height - 0.5 * self.b])
+        pos = rng.uniform(lo, hi)
+        vel = np.array([speed * rng.choice([-1, 1]), vy])
+        phase = rng.uniform(0, 2 * np.pi)
+        path = []
+        for t in range(frames):
+            dy = wobble * np.sin(0.5 * t + phase)
+            path.append((int(round(pos[0])), int(round(pos[1] + dy))))
+            vel[1] += gravity
+            pos = pos + vel
+            if bounce:
+                below, above = pos < lo, pos > hi
+                pos = np.where(below, 2 * lo - pos, np.where(above, 2 * hi - pos, pos))
+                vel = np.where(below | above, -vel, vel)
+        return path
+
+    def mask(self, t):
+        u, v, a, b = self.u, self.v, self.a, self.b
+        if self.kind == "car":
+            body = _rounded_box(u, v - 0.35 * b, a, 0.65 * b, 0.4 * b)
+            cabin = _rounded_box(u, v + 0.55 * b, 0.55 * a, 0.45 * b, 0.35 * b)
+            return body | cabin | _ellipse(np.abs(u) - 0.6 * a, v - 0.75 * b, 0.25 * b, 0.25 * b)
+        if self.kind == "person":
+            return _ellipse(u, v - 0.25 * b, a, 0.75 * b) | _ellipse(u, v + 0.72 * b, 0.7 * a, 0.7 * a)
+        if self.kind == "ball":
+            return _ellipse(u, v, a, a)
+        phase, rate = self.flap
+        tip = -b * np.cos(phase + rate * t)
+        wing = _triangle(np.abs(u), v, [(a, tip), (0.1 * a, -0.25 * b), (0.1 * a, 0.35 * b)])
+        return wing | _ellipse(u, v, 0.4 * a, 0.3 * b)
+
+
+def _paste(image, label, obj, t):
+    cx, cy = obj.path[t]
+    r, (h, w) = obj.radius, label.shape
+    y0, x0 = cy - r, cx - r
+    fy0, fy1 = max(y0, 0), min(y0 + 2 * r + 1, h)
+    fx0, fx1 = max(x0, 0), min(x0 + 2 * r + 1, w)
+    if fy0 >= fy1 or fx0 >= fx1:
+        return
+    local = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    m = obj.mask(t)[local]
+    image[fy0:fy1, fx0:fx1][m] = obj.texture[local][m]
+    label[fy0:fy1, fx0:fx1][m] = obj.raw
+
+
+def render_video(rng, frames, height, width):
+    """Render one video from `rng` (a numpy Generator).
+
+    Returns {"images": uint8 (F, H, W, 3) RGB, "labels": uint8 (F, H, W) raw values
+    (train id + 1), "pan": int (F, 2) canvas (row, col) offset of each frame,
+    "canvas_labels": uint8 raw labels of the whole background canvas}.
+    """
+    s = min(height, width) / 120
+    pan_speed = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.5, 2.5) * rng.choice([-1, 1])]) * s
+    extent = np.ceil(np.abs(pan_speed) * max(frames - 1, 0)).astype(int)
+    start = np.where(pan_speed < 0, extent, 0)
+    pan = np.rint(start + pan_speed * np.arange(frames)[:, None]).astype(int)
+    pan = np.clip(pan, 0, extent)
+    canvas_labels, canvas = _background(rng, height + extent[0], width + extent[1], height, width,
+                                        top=extent[0] / 2)
+
+    kinds = ["car", "person", "ball", "bird"]
+    kinds += list(rng.choice(kinds, size=rng.integers(0, 3)))
+    objects = [_Object(rng, kind, frames, height, width) for kind in kinds]
+    depth_order = [objects[i] for i in rng.permutation(len(objects))]  # far to near
+    gain = rng.uniform(0.85, 1.15)
+
+    images = np.empty((frames, height, width, 3), np.uint8)
+    labels = np.empty((frames, height, width), np.uint8)
+    for t, (oy, ox) in enumerate(pan):
+        image = canvas[oy:oy + height, ox:ox + width].copy()
+        label = canvas_labels[oy:oy + height, ox:ox + width].copy()
+        for obj in depth_order:
+            _paste(image, label, obj, t)
+        image = image * gain + rng.normal(0, 2.0, image.shape)  # sensor noise differs per frame
+        images[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        labels[t] = label
+    return {"images": images, "labels": labels, "pan": pan, "canvas_labels": canvas_labels}
+
+
+def video_ids(spec):
+    return {split: [f"{split}_{i:04d}" for i in range(spec[f"{split}_videos"])] for split in SPLITS}
+
+
+def _make_spec(train_videos, val_videos, frames, height, width, seed):
+    spec = {"generator": "vss.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+            "train_videos": train_videos, "val_videos": val_videos, "frames": frames,
+            "height": height, "width": width, "classes": list(SYNTHETIC_CLASSES)}
+    minimum = {"train_videos": 1, "val_videos": 1, "frames": 1, "height": 32, "width": 32, "seed": 0}
+    for key, low in minimum.items():
+        value = spec[key]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"synthetic dataset: {key} must be an integer >= {low}, got {value!r}")
+        spec[key] = int(value)
+    if spec["train_videos"] > 9999 or spec["val_videos"] > 9999:
+        raise ValueError("synthetic dataset: at most 9999 videos per split")
+    return spec
+
+
+def _read_spec(root):
+    path = os.path.join(root, SPEC_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); pass overwrite=True to regenerate") from None
+
+
+def _clear(root):
+    """Delete a previous generation, refusing if `root` holds anything the generator did not write."""
+    data = os.path.join(root, "data")
+    foreign = [n for n in sorted(os.listdir(root)) if n not in OWN_FILES]
+    if os.path.isdir(data):
+        foreign += [f"data/{n}" for n in sorted(os.listdir(data)) if not VIDEO_NAME.match(n)]
+    if foreign:
+        raise FileExistsError(f"refusing to overwrite {root}: it holds files the synthetic generator "
+                              f"did not write: {foreign[:5]}")
+    if os.path.isdir(data):
+        shutil.rmtree(data)
+    for name in OWN_FILES[:-1]:
+        if os.path.exists(os.path.join(root, name)):
+            os.remove(os.path.join(root, name))
+
+
+def _summary(root, spec, generated):
+    ids = video_ids(spec)
+    return {"root": root, "generated": generated, "spec": spec, "videos": ids,
+            "frames": spec["frames"] * sum(len(v) for v in ids.values())}
+
+
+def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width=160, seed=0,
+             overwrite=False):
+    """Write the synthetic dataset to `root` in VSPW layout and return a summary dict.
+
+    Idempotent: when `root/spec.json` matches the requested spec nothing is written
+    (summary["generated"] is False). A different or missing spec in a non-empty `root`
+    is an error unless `overwrite`; overwriting only deletes what the generator wrote.
+    Video i of a split depends only on (seed, split, i) and the frame size/count.
+    """
+    spec = _make_spec(train_videos, val_videos, frames, height, width, seed)
+    root = os.fspath(root)
+    if os.path.isdir(root) and os.listdir(root):
+        existing = _read_spec(root)
+        if existing == spec and not overwrite:
+            logger.info("%s already holds the synthetic dataset with this spec; nothing to do", root)
+            return _summary(root, spec, generated=False)
+        if not overwrite:
+            if existing is None:
+                raise FileExistsError(f"{root} is not empty and has no {SPEC_FILE} (an interrupted "
+                                      "generation or another dataset); pass overwrite=True (--overwrite)")
+            changed = ", ".join(f"{k}: {existing.get(k)!r} -> {v!r}" for k, v in spec.items()
+                                if existing.get(k) != v)
+            raise FileExistsError(f"{root} holds a synthetic dataset with a different spec ({changed}); "
+                                  "pass overwrite=True (--overwrite) to replace it")
+        _clear(root)
+
+    start = time.perf_counter()
+    for split_code, (split, ids) in enumerate(video_ids(spec).items()):
+        for index, video in enumerate(ids):
+            rng = np.random.default_rng([spec["seed"], split_code, index])
+            out = render_video(rng, spec["frames"], spec["height"], spec["width"])
+            frame_dir = os.path.join(root, "data", video, "origin")
+            mask_dir = os.path.join(root, "data", video, "mask")
+            os.makedirs(frame_dir, exist_ok=True)
+            os.makedirs(mask_dir, exist_ok=True)
+            for t, (image, label) in enumerate(zip(out["images"], out["labels"])):
+                name = f"{t:0{FRAME_DIGITS}d}"
+                _write(os.path.join(frame_dir, name + ".jpg"), image[:, :, ::-1],
+                       [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                _write(os.path.join(mask_dir, name + ".png"), label, [])
+        with open(os.path.join(root, f"{split}.txt"), "w") as f:
+            f.write("\n".join(ids) + "\n")
+    classes = {"classes": [{"name": n, "color": list(c)} for n, c in zip(SYNTHETIC_CLASSES, SYNTHETIC_COLORS)],
+               "label_offset": LABEL_OFFSET}
+    with open(os.path.join(root, "classes.json"), "w") as f:
+        json.dump(classes, f, indent=1)
+    # Written last: its presence marks a complete generation.
+    with open(os.path.join(root, SPEC_FILE), "w") as f:
+        json.dump(spec, f, indent=1)
+    summary = _summary(root, spec, generated=True)
+    logger.info("wrote %d frames of %d videos to %s in %.1fs", summary["frames"],
+                spec["train_videos"] + spec["val_videos"], root, time.perf_counter() - start)
+    return summary
+
+
+def _write(path, array, params):
+    if not cv2.imwrite(path, np.ascontiguousarray(array), params):
+        raise OSError(f"could not write {path}")

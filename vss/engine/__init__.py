@@ -1,0 +1,3 @@
+from .optimizer import build_optimizer
+from .setup import setup_cfg
+from .trainer import Trainer

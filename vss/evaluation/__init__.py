@@ -1,0 +1,3 @@
+from .vss_evaluator import VSSEvaluator
+
+__all__ = ["VSSEvaluator"]
