@@ -70,6 +70,11 @@ def test_param_groups():
     assert by_param[id(model.head.weight)]["weight_decay"] == 0.05
     assert by_param[id(model.query_embed.weight)]["weight_decay"] == 0.01  # embedding
 
+    cfg = solver_cfg(HEAD_MULTIPLIER=10.0)
+    by_param = {id(p): g for g in build_optimizer(cfg, model).param_groups for p in g["params"]}
+    assert by_param[id(model.head.weight)]["lr"] == 10.0
+    assert by_param[id(model.backbone[0].weight)]["lr"] == 0.1
+
 
 def test_full_model_clipping_limits_global_norm():
     cfg = solver_cfg(OPTIMIZER="SGD", MOMENTUM=0.0, WEIGHT_DECAY=0.0)

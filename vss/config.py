@@ -106,8 +106,24 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
 
 
+def add_mit_config(cfg):
+    """Mix Transformer backbone (MODEL.BACKBONE.NAME "MiT") and the SegFormer decode head."""
+    cfg.MODEL.MIT = CN()
+    # Published variant "B0".."B5": stage widths and depths (vss.modeling.backbone.mit.MIT_VARIANTS).
+    cfg.MODEL.MIT.VARIANT = "B1"
+    # Stochastic depth of the last block; earlier blocks get linearly less, the first none.
+    cfg.MODEL.MIT.DROP_PATH_RATE = 0.1
+    # Stages returned (strides 4, 8, 16, 32).
+    cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # SegFormerHead: channels of every projected level and of the fused map.
+    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 256
+
+
 def add_video_config(cfg):
-    """This project's keys for video data and evaluation."""
+    """This project's keys for video data, the solver and evaluation."""
+    # Learning-rate multiplier of every non-backbone parameter (TV3S trains its head at x10).
+    cfg.SOLVER.HEAD_MULTIPLIER = 1.0
+
     cfg.INPUT.VIDEO = CN()
     # Training sample: "frame" (one frame), "pair" (key frame + later frame) or "clip".
     cfg.INPUT.VIDEO.SAMPLER = "frame"
@@ -125,8 +141,102 @@ def add_video_config(cfg):
     cfg.TEST.VSS.SAVE_PREDICTIONS = False
 
 
+def add_video_model_config(cfg):
+    """Keys of the video meta-architecture (VideoSegmentor)."""
+    cfg.MODEL.VIDEO = CN()
+    # Temporal head (TEMPORAL_HEAD_REGISTRY): how frames of a video relate.
+    cfg.MODEL.VIDEO.TEMPORAL_HEAD = "MaskPropagation"
+    # Videos whose inference state is kept at once (frames of this many videos may interleave).
+    cfg.MODEL.VIDEO.MAX_OPEN_VIDEOS = 2
+    # Name prefixes of the parameters to train (others frozen, their modules in eval mode);
+    # empty trains everything.
+    cfg.MODEL.VIDEO.TRAINABLE = []
+
+
+def add_mpvss_config(cfg):
+    """MPVSS: mask propagation with query-based flow."""
+    cfg.MODEL.MPVSS = CN()
+    # A key frame (full Mask2Former) every KEY_INTERVAL frames; the others are propagated.
+    # With KEY_POLICY "adaptive": the longest a key frame is propagated.
+    cfg.MODEL.MPVSS.KEY_INTERVAL = 5
+    # "fixed" (the paper's) or "adaptive": also a key frame right after a propagated frame
+    # whose confidence fell below KEY_MIN_CONFIDENCE_RATIO x the key frame's.
+    cfg.MODEL.MPVSS.KEY_POLICY = "fixed"
+    # Adaptive policy threshold, in (0, 1] (confidence = mean top-class share of the scores).
+    cfg.MODEL.MPVSS.KEY_MIN_CONFIDENCE_RATIO = 0.9
+    # "flow": warp key masks with the flow module (variant: MODEL.MOTION.FLOW_TYPE);
+    # "copy": reuse them unchanged (the paper's Copy baseline; no flow module is built).
+    cfg.MODEL.MPVSS.PROPAGATION = "flow"
+
+    # The flow module (official names: MODEL.MOTION; defaults = the official effective config).
+    cfg.MODEL.MOTION = CN()
+    # Flow variant (paper Table 3b): "query" (query flow fused with pixel flow: the method),
+    # "pixel" (FlowNetS only: "Optical flow"), "query_learned" (query flow only),
+    # "query_random" (query flow only, flow queries not from the key frame),
+    # "query_for_pf" (pixel flow of the query-refined motion features). See vss/modeling/mpvss/flow.py.
+    cfg.MODEL.MOTION.FLOW_TYPE = "query"
+    # Flow maps per frame: one per key-frame query (= MODEL.MASK_FORMER.NUM_OBJECT_QUERIES).
+    cfg.MODEL.MOTION.NUM_QUERIES = 100
+    # Motion input = [current, key] RGB / FLOW_IMG_NORM_STD - FLOW_IMG_NORM_MEAN (same for both frames).
+    cfg.MODEL.MOTION.FLOW_IMG_NORM_MEAN = [0.411, 0.432, 0.450]
+    cfg.MODEL.MOTION.FLOW_IMG_NORM_STD = [255.0, 255.0, 255.0]
+    # The normalised input is zero-padded to a multiple of this.
+    cfg.MODEL.MOTION.SIZE_DIVISIBILITY = 32
+    # Frames are resized by this factor before the motion encoder (flow grid: 1/8 of the frame at 0.5).
+    cfg.MODEL.MOTION.IMG_SCALE_FACTOR = 0.5
+    # Motion encoder (FlowNetS), per block conv1..conv6: output channels, first conv's kernel
+    # (the others are 3x3), number of convs.
+    cfg.MODEL.MOTION.ENCODER_CHANNELS = [64, 128, 256, 512, 512, 1024]
+    cfg.MODEL.MOTION.ENCODER_KERNEL_SIZE = [7, 5, 5, 3, 3, 3]
+    cfg.MODEL.MOTION.ENCODER_NUM_CONVS = [1, 1, 2, 2, 2, 2]
+    # Motion decoder width (must equal MODEL.MASK_FORMER.HIDDEN_DIM when key queries are read).
+    cfg.MODEL.MOTION.HIDDEN_DIM = 256
+    # Attention heads of the motion decoder.
+    cfg.MODEL.MOTION.NHEADS = 8
+    # FFN width of the motion decoder.
+    cfg.MODEL.MOTION.DIM_FEEDFORWARD = 2048
+    # Motion decoder layers (the paper's S=3 stages x L=3 blocks); layer i uses level i % 3.
+    cfg.MODEL.MOTION.DECODER_LAYERS = 9
+    # Pre-norm instead of post-norm transformer layers.
+    cfg.MODEL.MOTION.PRE_NORM = False
+    # The pixel flow is multiplied by this.
+    cfg.MODEL.MOTION.FLOW_SCALE_FACTOR = 1.0
+
+
+def add_tv3s_config(cfg):
+    """TV3S: temporal state space sharing."""
+    cfg.MODEL.TV3S = CN()
+    # Side of the square windows the Mamba layers scan (one window over all frames = one sequence).
+    cfg.MODEL.TV3S.WINDOW_SIZE = 20
+    # Offset of the shifted layers' windows, 0 <= SHIFT < WINDOW_SIZE (every odd layer).
+    cfg.MODEL.TV3S.SHIFT = 10
+    # TV3S blocks, each an unshifted and a shifted Mamba layer.
+    cfg.MODEL.TV3S.NUM_BLOCKS = 4
+    # Mamba: SSM state size per channel.
+    cfg.MODEL.TV3S.D_STATE = 16
+    # Mamba: width of the causal depthwise conv.
+    cfg.MODEL.TV3S.D_CONV = 4
+    # Mamba: inner width = EXPAND x MODEL.SEM_SEG_HEAD.EMBED_DIM.
+    cfg.MODEL.TV3S.EXPAND = 2
+    # Stochastic depth of the last Mamba layer's output (earlier layers get linearly less).
+    cfg.MODEL.TV3S.DROP_PATH = 0.1
+    # Dropout2d before the temporal classifier (linear_pred2).
+    cfg.MODEL.TV3S.DROPOUT = 0.1
+    # Loss weight of the per-frame prediction on every labelled clip frame.
+    cfg.MODEL.TV3S.AUX_WEIGHT = 0.5
+    # Loss weight of the temporal prediction of the clip's last frame.
+    cfg.MODEL.TV3S.TEMPORAL_WEIGHT = 1.0
+    # "stream": one frame at a time with carried scan states; "clip": each frame from a fresh
+    # clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it (the release's test).
+    cfg.MODEL.TV3S.INFERENCE = "stream"
+
+
 def add_vss_config(cfg):
     """Add every key vss needs to a detectron2 config (`get_cfg()`)."""
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    add_mit_config(cfg)
     add_video_config(cfg)
+    add_video_model_config(cfg)
+    add_mpvss_config(cfg)
+    add_tv3s_config(cfg)

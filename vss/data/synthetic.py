@@ -29,7 +29,7 @@ LABEL_OFFSET = 1
 JPEG_QUALITY = 92
 SPLITS = ("train", "val")
 SPEC_FILE = "spec.json"
-OWN_FILES = (SPEC_FILE, "classes.json", "train.txt", "val.txt", "data")
+OWN_FILES = (SPEC_FILE, "classes.json", "train.txt", "val.txt")
 VIDEO_NAME = re.compile(r"^(train|val)_\d{4}$")
 FRAME_DIGITS = 8
 
@@ -101,7 +101,9 @@ def _background(rng, canvas_h, canvas_w, height, width, top):
     road = np.where(dash[..., None], np.array([225, 222, 205]), road)
 
     palette = np.array([[150, 78, 60], [185, 165, 135], [125, 125, 138], [170, 110, 80]], np.float64)
-    wall = palette[building % len(palette)][None] + rng.uniform(-20, 20, (max(k, 1), 3))[building % max(k, 1)][None]
+    # Each wall block gets its own colour: a palette entry plus a random shift.
+    shift = rng.uniform(-20, 20, (max(k, 1), 3))
+    wall = (palette[building % len(palette)] + shift[building % max(k, 1)])[None]
     brick_h = max(3, int(round(6 * s)))
     brick_w = 2 * brick_h + 2
     row = ys // brick_h
@@ -277,6 +279,7 @@ def render_video(rng, frames, height, width):
 
 
 def video_ids(spec):
+    """{split: [video id, ...]} of a generation spec; names are `<split>_<index:04d>`."""
     return {split: [f"{split}_{i:04d}" for i in range(spec[f"{split}_videos"])] for split in SPLITS}
 
 
@@ -309,7 +312,7 @@ def _read_spec(root):
 def _clear(root):
     """Delete a previous generation, refusing if `root` holds anything the generator did not write."""
     data = os.path.join(root, "data")
-    foreign = [n for n in sorted(os.listdir(root)) if n not in OWN_FILES]
+    foreign = [n for n in sorted(os.listdir(root)) if n not in OWN_FILES + ("data",)]
     if os.path.isdir(data):
         foreign += [f"data/{n}" for n in sorted(os.listdir(data)) if not VIDEO_NAME.match(n)]
     if foreign:
@@ -317,7 +320,7 @@ def _clear(root):
                               f"did not write: {foreign[:5]}")
     if os.path.isdir(data):
         shutil.rmtree(data)
-    for name in OWN_FILES[:-1]:
+    for name in OWN_FILES:
         if os.path.exists(os.path.join(root, name)):
             os.remove(os.path.join(root, name))
 
@@ -370,7 +373,8 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
                 _write(os.path.join(mask_dir, name + ".png"), label, [])
         with open(os.path.join(root, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
-    classes = {"classes": [{"name": n, "color": list(c)} for n, c in zip(SYNTHETIC_CLASSES, SYNTHETIC_COLORS)],
+    classes = {"classes": [{"name": n, "color": list(c)}
+                           for n, c in zip(SYNTHETIC_CLASSES, SYNTHETIC_COLORS)],
                "label_offset": LABEL_OFFSET}
     with open(os.path.join(root, "classes.json"), "w") as f:
         json.dump(classes, f, indent=1)

@@ -31,6 +31,8 @@ def param_groups(cfg, model):
             lr, decay = base_lr, wd
             if module_name.startswith("backbone"):
                 lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
+            else:
+                lr *= cfg.SOLVER.HEAD_MULTIPLIER
             if isinstance(module, NORM_TYPES):
                 decay = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, torch.nn.Embedding) or name in EMBED_NAMES:

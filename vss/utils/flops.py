@@ -1,25 +1,23 @@
 """Parameter and FLOP counts the way the MPVSS and TV3S papers report them.
 
-FLOPs: fvcore's FlopCountAnalysis of the model in eval mode on one frame of zeros,
-batch 1, one fused multiply-add counted as one FLOP. Two choices reproduce the papers'
-numbers on upstream Mask2Former: the deformable-attention sampling counts nothing (their
-CUDA op was opaque to fvcore) and `aten::baddbmm`, which recent torch emits for masked
-attention where older torch emitted `bmm`, counts as a batched matmul.
+FLOPs: fvcore's FlopCountAnalysis of the model in eval mode, without autograd, on one
+frame of zeros, batch 1; one fused multiply-add is one FLOP. fvcore's default handles
+apply, with one addition: `aten::baddbmm`, which recent torch emits for masked attention
+where older torch emitted `bmm`, counts as a batched matmul. The deformable attention's
+grid_sample counts 4 FLOPs per sampled value (fvcore's bilinear rule), like upstream
+Mask2Former's pure-PyTorch path: that is what the published 110.6G (R50) includes.
 """
+from collections import Counter
+
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import bmm_flop_jit, elementwise_flop_counter
+from fvcore.nn.jit_handles import bmm_flop_jit
 from torch import nn
-
-from ..modeling.mask2former.ms_deform_attn import MSDeformAttn
 
 DEFAULT_HEIGHT = 480
 DEFAULT_WIDTH = 853
 DEFAULT_FRAMES = 15
-
-# Modules whose grid_sample stands in for an opaque sampling op in the published counts.
-UNCOUNTED_SAMPLING = (MSDeformAttn,)
 
 
 def count_parameters(model):
@@ -64,10 +62,13 @@ class _FrameCall(nn.Module):
         self.keys = {k: v for k, v in frame.items() if k != "image"}
 
     def forward(self, image):
-        return tuple(_tensors(self.model([dict(self.keys, image=image)])))
+        # without autograd, frozen batch norms run as batch_norm ops, which fvcore counts
+        with torch.no_grad():
+            return tuple(_tensors(self.model([dict(self.keys, image=image)])))
 
 
 def _tensors(outputs):
+    """Every tensor in nested dicts, lists and tuples: fvcore's tracer takes only tensors out."""
     if isinstance(outputs, torch.Tensor):
         yield outputs
     elif isinstance(outputs, dict):
@@ -83,25 +84,14 @@ def _baddbmm_flop(inputs, outputs):
     return bmm_flop_jit(inputs[1:3], outputs)
 
 
-def _grid_sampler_flop(uncounted_scopes):
-    counted = elementwise_flop_counter(0, 4)  # fvcore's own count: 4 per bilinear sample
-
-    def handle(inputs, outputs):
-        scope = outputs[0].node().scopeName().split("/")[-1]
-        return 0 if scope in uncounted_scopes else counted(inputs, outputs)
-
-    return handle
-
-
 def flop_analysis(model, frame):
-    """A configured fvcore FlopCountAnalysis of `model([frame])` (read it with .total() etc.).
+    """A configured fvcore FlopCountAnalysis of `model([frame])`; read it with .total() etc.
 
-    Module names in the result start with "model." (the traced wrapper's child).
+    The trace runs the model once, when a count is first asked for. Module names in the
+    result start with "model." (the traced wrapper's child).
     """
-    wrapper = _FrameCall(model, frame)
-    uncounted = {name for name, m in wrapper.named_modules() if isinstance(m, UNCOUNTED_SAMPLING)}
-    analysis = FlopCountAnalysis(wrapper, (frame["image"],))
-    analysis.set_op_handle(**{"aten::baddbmm": _baddbmm_flop, "aten::grid_sampler": _grid_sampler_flop(uncounted)})
+    analysis = FlopCountAnalysis(_FrameCall(model, frame), (frame["image"],))
+    analysis.set_op_handle(**{"aten::baddbmm": _baddbmm_flop})
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -109,15 +99,22 @@ def flop_analysis(model, frame):
 
 
 def video_flops(model, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, frames=DEFAULT_FRAMES):
-    """FLOPs of each frame of a video of zero frames, in order (the model keeps its video state).
+    """FLOPs of each frame of a video of zero frames, in order; the model keeps its video state.
 
-    The mean over the list is the per-frame cost the papers report for video models (e.g.
-    MPVSS: key frames and propagated frames); a per-frame model gives equal entries.
+    Returns one Counter per frame: "" -> the whole model, and each direct child of the model
+    (e.g. "backbone", "sem_seg_head") -> its share. The mean of the "" entries is the
+    per-frame cost the papers report for video models (e.g. MPVSS averages key and
+    propagated frames); a per-frame model gives equal frames.
     """
+    names = [""] + [name for name, _ in model.named_children()]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            return [flop_analysis(model, f).total() for f in video_frames(height, width, frames, "flops")]
+        counts = []
+        for frame in video_frames(height, width, frames, video_id="flops"):
+            by_module = flop_analysis(model, frame).by_module()
+            # the traced wrapper holds the model as its child "model"
+            counts.append(Counter({name: by_module[f"model.{name}" if name else "model"] for name in names}))
+        return counts
     finally:
         model.train(was_training)

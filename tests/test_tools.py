@@ -1,0 +1,231 @@
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from torch import nn
+
+from vss.engine import setup_cfg
+from vss.modeling.mask2former.ms_deform_attn import MSDeformAttn
+from vss.utils.flops import count_parameters, flop_analysis, video_flops, video_frames
+
+from conftest import REPO
+
+TINY = str(REPO / "configs" / "synthetic" / "mask2former_tiny.yaml")
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class MatmulNet(nn.Module):
+    """conv -> linear -> bmm and baddbmm; the conv runs only on even frames of a video."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.seen = []
+
+    def forward(self, batched_inputs):
+        (x,) = batched_inputs
+        self.seen.append((x["video_id"], x["frame_idx"], x["height"], x["width"]))
+        image = x["image"].float()[None]
+        feat = self.conv(image) if x["frame_idx"] % 2 == 0 else image.repeat(1, 2, 1, 1)[:, :4]
+        tokens = self.fc(feat.flatten(2).transpose(1, 2))  # (1, HW, 5)
+        scores = torch.bmm(tokens, tokens.transpose(1, 2))  # (1, HW, HW)
+        bias = torch.zeros(1, tokens.shape[1], 6)
+        mixed = torch.baddbmm(bias, tokens, torch.ones(1, 5, 6))
+        return [{"scores": scores, "mixed": mixed}]
+
+
+def test_flops_by_hand_for_conv_linear_bmm_and_baddbmm():
+    h, w = 8, 10
+    hw = h * w
+    conv = hw * 4 * 3 * 3 * 3
+    fc = hw * 4 * 5
+    bmm = hw * 5 * hw
+    baddbmm = hw * 5 * 6  # the product only, the added bias is free like other additions
+    model = MatmulNet().eval()
+    key, other = video_frames(h, w, 2, video_id="v")
+    assert key["image"].shape == (3, h, w) and key["image"].dtype == torch.uint8
+    assert flop_analysis(model, key).total() == conv + fc + bmm + baddbmm
+    assert flop_analysis(model, other).total() == fc + bmm + baddbmm
+    assert model.seen == [("v", 0, h, w), ("v", 1, h, w)]
+
+
+def test_video_flops_follow_the_frames_and_restore_the_mode():
+    model = MatmulNet().train()
+    counts = video_flops(model, height=4, width=6, frames=3)
+    assert model.training
+    assert [c["conv"] for c in counts] == [24 * 4 * 27, 0, 24 * 4 * 27]
+    assert [c["fc"] for c in counts] == [24 * 20] * 3
+    assert [c[""] for c in counts] == [c["conv"] + 24 * 20 + 24 * 24 * 5 + 24 * 30 for c in counts]
+    assert [s[:2] for s in model.seen] == [("flops", 0), ("flops", 1), ("flops", 2)]
+
+    model = MatmulNet().eval()
+    video_flops(model, height=4, width=6, frames=1)
+    assert not model.training
+
+
+class DeformOnFrame(nn.Module):
+    """One MSDeformAttn layer whose queries and values are the pixels of the frame."""
+
+    def __init__(self, n_heads, n_points):
+        super().__init__()
+        self.attn = MSDeformAttn(d_model=4, n_levels=1, n_heads=n_heads, n_points=n_points)
+
+    def forward(self, batched_inputs):
+        image = batched_inputs[0]["image"].float()[None]  # (1, 4, H, W)
+        h, w = image.shape[-2:]
+        tokens = image.flatten(2).transpose(1, 2)
+        shapes = torch.tensor([[h, w]])
+        reference = torch.full((1, h * w, 1, 2), 0.5)
+        return self.attn(tokens, reference, tokens, shapes, torch.tensor([0]))
+
+
+def test_deformable_sampling_counts_four_per_sample_like_upstream_cpu_path():
+    # The papers' 110.6G (R50) includes the sampling at fvcore's bilinear rate (4 per
+    # sampled value), as upstream's grid_sample path traces; the linears count as usual.
+    heads, points, d, lq = 2, 3, 4, 5 * 7
+    frame = {"image": torch.zeros(4, 5, 7), "height": 5, "width": 7}
+    linears = lq * d * d * 2 + lq * d * heads * points * 3  # value/output proj; offsets (x, y) + weights
+    samples = lq * heads * points * (d // heads)
+    analysis = flop_analysis(DeformOnFrame(heads, points).eval(), frame)
+    assert analysis.by_operator() == {"linear": linears, "grid_sampler": 4 * samples}
+
+
+class ConvFrozenBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1, bias=False)
+        self.norm = FrozenBatchNorm2d(8)
+
+    def forward(self, batched_inputs):
+        return self.norm(self.conv(batched_inputs[0]["image"].float()[None]))
+
+
+def test_frozen_batch_norm_counts_as_in_the_papers():
+    # Traced without autograd, detectron2's frozen BN is a batch_norm op (2 FLOPs per value
+    # with its affine); with autograd it would be untracked mul/add: R50's 110.56G has it.
+    frame = video_frames(4, 5, 1)[0]
+    assert flop_analysis(ConvFrozenBN().eval(), frame).by_operator() == {"conv": 20 * 8 * 3, "batch_norm": 2 * 20 * 8}
+
+
+def test_parameters_include_frozen_batch_norm_affine():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), FrozenBatchNorm2d(8), nn.Linear(8, 2))
+    model[2].bias.requires_grad_(False)
+    assert count_parameters(model) == {"total": 24 + 16 + 18, "trainable": 24 + 16}
+
+
+def test_video_frames_are_one_video_in_order():
+    frames = video_frames(2, 3, 3, video_id="clip", fill=None, seed=1)
+    assert [(f["video_id"], f["frame_idx"], f["height"], f["width"]) for f in frames] == [
+        ("clip", i, 2, 3) for i in range(3)
+    ]
+    again = video_frames(2, 3, 3, video_id="clip", fill=None, seed=1)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(frames, again))
+    assert not torch.equal(frames[0]["image"], frames[1]["image"])
+    assert all(int(f["image"].max()) == 0 for f in video_frames(2, 3, 2))
+    with pytest.raises(ValueError, match="frames=0"):
+        video_frames(2, 3, 0)
+
+
+class Recorder(nn.Module):
+    def __init__(self, log, name):
+        super().__init__()
+        self.log, self.name = log, name
+
+    def forward(self, batched_inputs):
+        (x,) = batched_inputs
+        self.log.append((self.name, x["video_id"], x["frame_idx"]))
+        return [{"sem_seg": x["image"].float()}]
+
+
+def test_benchmark_warms_up_then_alternates_fresh_videos():
+    tool = load_tool("benchmark")
+    log = []
+    models = {"a": Recorder(log, "a"), "b": Recorder(log, "b")}
+    frames = video_frames(2, 2, 3)
+    results = tool.benchmark(models, frames, warmup=2, repeats=2)
+    expected = [("a", "a/warmup", i) for i in range(2)] + [("b", "b/warmup", i) for i in range(2)]
+    for r in range(2):
+        expected += [(name, f"{name}/run{r}", i) for name in "ab" for i in range(3)]
+    assert log == expected
+    assert all(len(results[n]["fps"]) == 2 and min(results[n]["fps"]) > 0 for n in "ab")
+
+
+HOG = f"""
+import importlib.util, time, torch
+from vss.utils.flops import video_frames
+spec = importlib.util.spec_from_file_location("benchmark", {str(REPO / "tools" / "benchmark.py")!r})
+tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+
+class Hog(torch.nn.Module):
+    def forward(self, batched_inputs):
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        time.sleep(0.05)
+        return [{{"sem_seg": block[:1]}}]
+
+seconds, peak = tool.run_video(Hog(), video_frames(2, 2, 1), "v", half=False)
+print(seconds, peak)
+"""
+
+
+def test_cpu_peak_memory_sees_a_transient_allocation():
+    # A fresh process: in this one, freed memory from earlier tests stays resident and
+    # would hide the growth the sampler measures.
+    out = subprocess.run([sys.executable, "-c", HOG], capture_output=True, text=True, check=True)
+    seconds, peak = (float(v) for v in out.stdout.split()[-2:])
+    assert seconds >= 0.05
+    assert 48 * 2**20 <= peak < 1024 * 2**20
+
+
+def run_tool(*args):
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_analyze_model_cli_on_tiny_mask2former(tmp_path):
+    out = tmp_path / "flops.json"
+    stdout = run_tool("tools/analyze_model.py", "--config-file", TINY, "--height", "64", "--width", "96",
+                      "--frames", "2", "--json", str(out), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5")
+    result = json.loads(out.read_text())
+
+    cfg = setup_cfg(TINY, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    params = count_parameters(model)
+    flops = flop_analysis(model, video_frames(64, 96, 1)[0]).total()
+    assert result["parameters"] == params["total"] and result["trainable_parameters"] == params["trainable"]
+    assert result["gflops_of_each_frame"] == [flops / 1e9] * 2
+    assert result["gflops_per_frame"] == pytest.approx(flops / 1e9)
+    by_module = result["gflops_per_frame_by_module"]
+    assert set(by_module) == {"backbone", "sem_seg_head", "model itself"}
+    assert sum(by_module.values()) == pytest.approx(flops / 1e9)
+    assert by_module["model itself"] > 0  # semantic inference: einsum and upsampling
+    assert re.search(rf"parameters\s+{params['total']:,} \(", stdout)
+    assert re.search(rf"GFLOPs / frame\s+{flops / 1e9:.2f} \(mean over 2 frames, all equal\)", stdout)
+
+
+@pytest.mark.slow
+def test_benchmark_cli_compares_two_configs():
+    stdout = run_tool("tools/benchmark.py", "--config-file", TINY, "--vs", TINY, "--height", "64", "--width", "96",
+                      "--frames", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu")
+    rows = [line for line in stdout.splitlines() if line.startswith(TINY)]
+    assert len(rows) == 2
+    fps = [float(row[len(TINY):].split()[0]) for row in rows]
+    ratio = re.search(r"speed ratio .+: ([0-9.]+)x frames/s", stdout)
+    assert ratio and float(ratio.group(1)) == pytest.approx(fps[0] / fps[1], rel=0.02)

@@ -1,0 +1,321 @@
+"""TV3S's temporal head (Temporal State Space Sharing): windowed Mamba scans over the frames.
+
+Per clip (training) the backbone and SegFormerHead's fusion run on every frame; the fused maps
+(1/4 of the input) are resized to about 1/8, rounded up to a multiple of the window, and go
+through Mamba layers alternating unshifted and shifted windows (windows.py). A window over all
+frames is one causal scan, so a frame's output depends on its own tokens and on the earlier
+frames'. The last frame's output is classified (`linear_pred2`). SegFormerHead's own per-frame
+prediction is the auxiliary output.
+
+Inference streams a video one WHOLE frame at a time (MODEL.TV3S.INFERENCE "stream"): the
+frame's tokens of every window are scanned starting from the conv and scan states that window
+reached at the end of the previous frame. Because every other operation is per token, this
+equals scanning the clip of all frames so far in one go, at a cost and memory per frame that do
+not depend on the video's length. "clip" reproduces the release's default test instead: every
+frame is predicted from a fresh clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS
+before it (the training clip).
+
+Names follow the release (`vs.layers.{i}.mixer.*`, `vs.layers.{i}.norm`, `vs.norm_f`,
+`linear_pred2`), so its `decode_head.vs.*` / `decode_head.linear_pred2.*` weights load under
+`temporal.*`; the per-frame `decode_head.*` parts belong to SegFormerHead (`sem_seg_head.*`).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from torch import nn
+
+from ..backbone.swin import drop_path
+from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
+from .mamba import MambaBlock, RMSNorm
+from .windows import merge, partition, window_groups
+
+__all__ = ["ShiftedWindowMamba", "StateSpaceSharing", "StreamState", "ClipState", "mamba_map_size"]
+
+INFERENCE_MODES = ("stream", "clip")
+
+
+def mamba_map_size(height, width, window_size):
+    """Size of the map the Mamba layers scan, from the fused map's (1/4 of the input): half of
+    it, rounded up to a multiple of the window (at least one window)."""
+    return tuple(max(1, math.ceil((s // 2) / window_size)) * window_size for s in (height, width))
+
+
+class ShiftedWindowMamba(nn.Module):
+    """Mamba blocks over window sequences, even blocks on unshifted windows and odd ones on
+    shifted windows, then a final RMSNorm of the residual stream (the release's `vs`)."""
+
+    def __init__(self, d_model, num_layers=8, window_size=20, shift=10, d_state=16, d_conv=4, expand=2,
+                 drop_path=0.1):
+        """
+        Args:
+            num_layers: Mamba blocks (the paper's N TV3S blocks are 2N layers).
+            window_size, shift: see windows.py.
+            drop_path: stochastic depth of the last block's output; the k-th block's output
+                gets drop_path * k / (num_layers - 1), as in the release.
+        """
+        super().__init__()
+        window_groups(window_size, window_size, window_size, shift)  # validates size and shift
+        self.window_size = window_size
+        self.shift = shift
+        # Block i drops block i-1's output when adding it to the residual stream; the final
+        # norm drops the last block's. Python floats: the module can be built on "meta".
+        rates = [0.0] + [drop_path * k / max(num_layers - 1, 1) for k in range(num_layers)]
+        self.layers = nn.ModuleList(
+            MambaBlock(d_model, drop_path=rates[i], d_state=d_state, d_conv=d_conv, expand=expand)
+            for i in range(num_layers)
+        )
+        self.norm_f = RMSNorm(d_model)
+        self.drop_path = rates[-1]
+        # mamba-ssm's pre-norm residual init: every block adds its output to the residual
+        # stream, so out_proj starts 1/sqrt(blocks) smaller to keep that stream's scale.
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.mixer.out_proj.weight /= math.sqrt(num_layers)
+
+    def groups(self, layer, height, width):
+        return window_groups(height, width, self.window_size, self.shift if layer % 2 else 0)
+
+    def forward(self, x, states=None):
+        """x (B, T, C, H, W): T consecutive frames of B videos (H, W multiples of the window).
+
+        states: None (the videos start here) or what the previous call returned for the frames
+        just before these. Returns (y (B, T, C, H, W), states after frame T): per layer, per
+        window group (`groups`), a MambaState.
+        """
+        b, t, c, height, width = x.shape
+        if states is not None and len(states) != len(self.layers):
+            raise ValueError(f"TV3S: states of {len(states)} Mamba layers for {len(self.layers)} layers")
+        hidden, residual = x.permute(0, 1, 3, 4, 2), None
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            groups = self.groups(i, height, width)
+            layer_states = [None] * len(groups) if states is None else states[i]
+            if len(layer_states) != len(groups):
+                raise ValueError(f"TV3S: layer {i} has states of {len(layer_states)} window groups, but a "
+                                 f"{height}x{width} map has {len(groups)}: the states belong to another map size")
+            hiddens = partition(hidden, groups)
+            residuals = [None] * len(groups) if residual is None else partition(residual, groups)
+            outs = [layer(h, r, s) for h, r, s in zip(hiddens, residuals, layer_states)]
+            new_states.append(tuple(s for _, _, s in outs))
+            if i + 1 < len(self.layers):
+                hidden = merge([h for h, _, _ in outs], groups, height, width)
+                residual = merge([r for _, r, _ in outs], groups, height, width)
+            else:
+                # add + norm are per token: done in the last layer's partition, merged once.
+                normed = [self.norm_f(r + drop_path(h, self.drop_path, self.training)) for h, r, _ in outs]
+                y = merge(normed, groups, height, width)
+        return y.permute(0, 1, 4, 2, 3), tuple(new_states)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """A video's streaming state after a frame.
+
+    Attributes:
+        image_size: (H, W) of the video's frames (before padding).
+        layers: per Mamba layer, per window group, the MambaState its windows reached.
+    """
+
+    image_size: tuple
+    layers: tuple
+
+
+@dataclass(frozen=True)
+class ClipState:
+    """A video's state in clip mode: the Mamba inputs of the frames later clips may use.
+
+    Attributes:
+        image_size: (H, W) of the video's frames (before padding).
+        frames: ((frame_idx, (1, 1, C, h, w) Mamba input), ...), oldest first.
+    """
+
+    image_size: tuple
+    frames: tuple
+
+
+@TEMPORAL_HEAD_REGISTRY.register()
+class StateSpaceSharing(nn.Module):
+    @configurable
+    def __init__(self, *, num_classes, embed_dim=256, window_size=20, shift=10, num_blocks=4, d_state=16,
+                 d_conv=4, expand=2, drop_path=0.1, dropout=0.1, aux_weight=0.5, temporal_weight=1.0,
+                 ignore_value=255, inference="stream", clip_offsets=(-9, -6, -3, 0)):
+        """
+        Args:
+            num_classes: classifier outputs.
+            embed_dim: width of the fused map (the per-frame head's) and of the Mamba layers.
+            window_size, shift: windows of the unshifted and shifted layers (windows.py).
+            num_blocks: TV3S blocks, each an unshifted and a shifted Mamba layer.
+            d_state, d_conv, expand: Mamba hyper-parameters.
+            drop_path: stochastic depth (ShiftedWindowMamba).
+            dropout: Dropout2d before the classifier.
+            aux_weight: weight of the per-frame (SegFormerHead) loss on every labelled clip frame.
+            temporal_weight: weight of the loss on the last frame's temporal prediction.
+            ignore_value: label value excluded from the losses.
+            inference: "stream" (carried states) or "clip" (a fresh clip per frame).
+            clip_offsets: clip mode: frame offsets of a clip, <= 0, the current frame (0) last.
+        """
+        super().__init__()
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f"MODEL.TV3S.INFERENCE must be one of {INFERENCE_MODES}, got {inference!r}")
+        offsets = [int(o) for o in clip_offsets]
+        if inference == "clip" and (not offsets or offsets[-1] != 0 or any(o > 0 for o in offsets)):
+            raise ValueError(f"TV3S clip inference needs INPUT.VIDEO.CLIP_OFFSETS <= 0 ending with the current "
+                             f"frame's 0, got {offsets}")
+        self.vs = ShiftedWindowMamba(embed_dim, 2 * num_blocks, window_size, shift, d_state, d_conv, expand,
+                                     drop_path)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred2 = nn.Conv2d(embed_dim, num_classes, 1)
+        # Small logits at the start, like the per-frame classifier.
+        nn.init.normal_(self.linear_pred2.weight, std=0.01)
+        nn.init.zeros_(self.linear_pred2.bias)
+        self.window_size = window_size
+        self.aux_weight = aux_weight
+        self.temporal_weight = temporal_weight
+        self.ignore_value = ignore_value
+        self.inference = inference
+        self.clip_offsets = offsets
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        tv3s = cfg.MODEL.TV3S
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "embed_dim": cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM,
+            "window_size": tv3s.WINDOW_SIZE,
+            "shift": tv3s.SHIFT,
+            "num_blocks": tv3s.NUM_BLOCKS,
+            "d_state": tv3s.D_STATE,
+            "d_conv": tv3s.D_CONV,
+            "expand": tv3s.EXPAND,
+            "drop_path": tv3s.DROP_PATH,
+            "dropout": tv3s.DROPOUT,
+            "aux_weight": tv3s.AUX_WEIGHT,
+            "temporal_weight": tv3s.TEMPORAL_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "inference": tv3s.INFERENCE,
+            "clip_offsets": cfg.INPUT.VIDEO.CLIP_OFFSETS,
+        }
+
+    # ---- the network -----------------------------------------------------------------------
+
+    @staticmethod
+    def fused_maps(model, images):
+        """(N, 3, H, W) normalised, padded frames -> SegFormerHead's fused maps (N, C, H/4, W/4)."""
+        head = model.sem_seg_head
+        if not hasattr(head, "forward_features") or not hasattr(head, "predict"):
+            raise ValueError(f"StateSpaceSharing needs a per-frame head with forward_features() and predict() "
+                             f"(MODEL.SEM_SEG_HEAD.NAME 'SegFormerHead'), got {type(head).__name__}")
+        return head.forward_features(model.backbone(images))
+
+    def mamba_input(self, fused, frames):
+        """Fused maps (B * T, C, h, w), b-major -> (B, T, C, h2, w2) at `mamba_map_size`."""
+        size = mamba_map_size(*fused.shape[-2:], self.window_size)
+        if tuple(fused.shape[-2:]) != size:
+            fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
+        return fused.reshape(-1, frames, *fused.shape[1:])
+
+    def classify(self, features, size):
+        """Mamba outputs of frames (N, C, h2, w2) -> class logits (N, K) resized to `size`."""
+        logits = self.linear_pred2(self.dropout(features))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    # ---- training --------------------------------------------------------------------------
+
+    def losses(self, model, batched_inputs):
+        missing = [x.get("file_name", "?") for x in batched_inputs if "images" not in x or "sem_segs" not in x]
+        if missing:
+            raise ValueError(f"StateSpaceSharing trains on clips but {missing} have no 'images'/'sem_segs': set "
+                             "INPUT.VIDEO.SAMPLER to 'clip'")
+        lengths = {len(x["images"]) for x in batched_inputs} | {len(x["sem_segs"]) for x in batched_inputs}
+        if len(lengths) != 1:
+            raise ValueError(f"clips of one batch must have equal lengths of images and labels, got {sorted(lengths)}")
+        frames = lengths.pop()
+        images = model.preprocess_image([image.float() for x in batched_inputs for image in x["images"]])
+        targets = ImageList.from_tensors(
+            [label for x in batched_inputs for label in x["sem_segs"]], model.size_divisibility,
+            pad_value=self.ignore_value,
+        ).tensor.to(model.device)
+        if targets.shape[-2:] != images.tensor.shape[-2:]:
+            raise ValueError(f"clip labels {tuple(targets.shape[-2:])} and frames {tuple(images.tensor.shape[-2:])} "
+                             "differ in size")
+        # One backbone/fusion pass over all B * T frames: the fusion BN's batch statistics
+        # cover every frame, as the release's SyncBN does.
+        fused = self.fused_maps(model, images.tensor)
+        aux = model.sem_seg_head.predict(fused)
+        y, _ = self.vs(self.mamba_input(fused, frames))
+        temporal = self.classify(y[:, -1], fused.shape[-2:])
+        return {
+            "loss_sem_seg_aux": self.aux_weight * self.cross_entropy(aux, targets),
+            "loss_sem_seg": self.temporal_weight * self.cross_entropy(temporal, targets[frames - 1 :: frames]),
+        }
+
+    def cross_entropy(self, logits, targets):
+        """Mean over the non-ignored pixels (0 when there are none), logits upsampled to the labels."""
+        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        total = F.cross_entropy(logits, targets, ignore_index=self.ignore_value, reduction="sum")
+        return total / (targets != self.ignore_value).sum().clamp(min=1)
+
+    # ---- inference -------------------------------------------------------------------------
+
+    def infer(self, model, frame, state):
+        """One whole frame of a video -> ({"sem_seg": (K, height, width)}, the video's next state)."""
+        image = frame["image"].to(model.device).float()
+        size = tuple(image.shape[-2:])
+        if state is not None and state.image_size != size:
+            raise ValueError(f"video {frame.get('video_id')!r} frame {frame.get('frame_idx')}: image size {size} "
+                             f"differs from its earlier frames' {state.image_size}; TV3S carries states across "
+                             "a video's frames, which need one size")
+        images = model.preprocess_image([image])
+        fused = self.fused_maps(model, images.tensor)
+        x = self.mamba_input(fused, 1)
+        if self.inference == "stream":
+            y, layers = self.vs(x, None if state is None else state.layers)
+            state = StreamState(image_size=size, layers=layers)
+        else:
+            stored = (() if state is None else state.frames) + ((frame["frame_idx"], x),)
+            clip = self._clip(stored, frame["frame_idx"])
+            y, _ = self.vs(torch.cat(clip, dim=1))
+            state = ClipState(image_size=size, frames=self._still_needed(stored, frame["frame_idx"]))
+        logits = self.classify(y[:, -1], fused.shape[-2:])
+        return self._outputs(logits, images, [frame])[0], state
+
+    def infer_clip(self, model, frames):
+        """One forward over a clip (consecutive frames of one video, fresh state): every frame's
+        prediction from itself and the clip's earlier frames, as a list of outputs."""
+        images = model.preprocess_image([f["image"].to(model.device).float() for f in frames])
+        fused = self.fused_maps(model, images.tensor)
+        y, _ = self.vs(self.mamba_input(fused, len(frames)))
+        logits = self.classify(y[0], fused.shape[-2:])
+        return self._outputs(logits, images, frames)
+
+    def _clip(self, stored, frame_idx):
+        """The clip's Mamba inputs: for each offset the latest stored frame at or before it, or the
+        video's first frame for offsets before the video's start (as ClipMapper clamps)."""
+        clip = []
+        for offset in self.clip_offsets:
+            earlier = [x for i, x in stored if i <= frame_idx + offset]
+            clip.append(earlier[-1] if earlier else stored[0][1])
+        return clip
+
+    def _still_needed(self, stored, frame_idx):
+        """The stored frames a later frame's clip may pick: those within the clip's reach, and the
+        latest one before it."""
+        reach = frame_idx + min(self.clip_offsets)
+        older = [s for s in stored if s[0] <= reach]
+        return tuple(older[-1:] + [s for s in stored if s[0] > reach])
+
+    @staticmethod
+    def _outputs(logits, images, frames):
+        """Logits (N, K, h, w) at 1/4 of the padded frames -> [{"sem_seg": (K, height, width)}]."""
+        logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        outputs = []
+        for scores, image_size, frame in zip(logits, images.image_sizes, frames):
+            height = frame.get("height", image_size[0])
+            width = frame.get("width", image_size[1])
+            outputs.append({"sem_seg": sem_seg_postprocess(scores, image_size, height, width)})
+        return outputs
