@@ -4,12 +4,15 @@ import itertools
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
 
+from ..modeling.tv3s.mamba import RMSNorm
+
 NORM_TYPES = (
     torch.nn.modules.batchnorm._BatchNorm,
     torch.nn.GroupNorm,
     torch.nn.LayerNorm,
     torch.nn.modules.instancenorm._InstanceNorm,
     torch.nn.LocalResponseNorm,
+    RMSNorm,
 )
 # Parameters that act like embeddings and take SOLVER.WEIGHT_DECAY_EMBED.
 EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")

@@ -75,8 +75,8 @@ class MaskPropagation(nn.Module):
     def propagate(self, mask_logits, images, key_images, key_queries, image_sizes):
         """Key-frame mask logits (B, Q, [P,] h, w) moved to the current frames.
 
-        images, key_images: (B, 3, H, W) raw RGB frames (0-255) padded
-        like the model's input, so that the flow and the masks cover the same padded frame.
+        images, key_images: (B, 3, H, W) raw RGB frames (0-255) padded like the model's input,
+        so that the flow and the masks cover the same padded frame.
         """
         if self.flow is None:
             return mask_logits
@@ -90,6 +90,7 @@ class MaskPropagation(nn.Module):
         return warp_masks(mask_logits, flow)
 
     def losses(self, model, batched_inputs):
+        """Weighted Mask2Former losses of the key frames' predictions warped to the labelled frames."""
         missing = [x.get("file_name", "?") for x in batched_inputs if "key_image" not in x]
         if missing:
             raise ValueError(f"MaskPropagation trains on (key frame, labelled frame) pairs but {missing} have no "
@@ -143,7 +144,7 @@ class MaskPropagation(nn.Module):
             class_logits = cache.class_logits[None]
             mask_logits = self.propagate(
                 cache.mask_logits[None], padded.tensor, _raw(model, [cache.image]).tensor,
-                cache.queries[None], padded.image_sizes,
+                cache.queries[None], [size],
             )
             if self.policy.adaptive:
                 cache = replace(cache, last_confidence=mask_confidence(class_logits[0], mask_logits[0]))

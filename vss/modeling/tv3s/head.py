@@ -59,6 +59,8 @@ class ShiftedWindowMamba(nn.Module):
                 gets drop_path * k / (num_layers - 1), as in the release.
         """
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"TV3S needs at least one Mamba layer (MODEL.TV3S.NUM_BLOCKS >= 1), got {num_layers}")
         window_groups(window_size, window_size, window_size, shift)  # validates size and shift
         self.window_size = window_size
         self.shift = shift
@@ -87,7 +89,7 @@ class ShiftedWindowMamba(nn.Module):
         just before these. Returns (y (B, T, C, H, W), states after frame T): per layer, per
         window group (`groups`), a MambaState.
         """
-        b, t, c, height, width = x.shape
+        height, width = x.shape[-2:]
         if states is not None and len(states) != len(self.layers):
             raise ValueError(f"TV3S: states of {len(states)} Mamba layers for {len(self.layers)} layers")
         hidden, residual = x.permute(0, 1, 3, 4, 2), None

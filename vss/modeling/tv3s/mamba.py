@@ -29,12 +29,12 @@ class MambaState:
     """Where a Mamba scan stopped, i.e. where the next piece of the sequence starts.
 
     Attributes:
-        conv: (B, d_inner, d_conv - 1) the last conv inputs (activation dtype).
-        ssm: (B, d_inner, d_state) the scan's hidden state (float32).
+        conv_state: (B, d_inner, d_conv - 1) the last conv inputs (activation dtype).
+        ssm_state: (B, d_inner, d_state) the scan's hidden state (float32).
     """
 
-    conv: torch.Tensor
-    ssm: torch.Tensor
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
 
 
 class Mamba(nn.Module):
@@ -87,7 +87,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         x, conv_state = causal_conv1d(
             x, self.conv1d.weight[:, 0], self.conv1d.bias,
-            initial_state=None if state is None else state.conv, return_final_state=True, activation="silu",
+            initial_state=None if state is None else state.conv_state, return_final_state=True, activation="silu",
         )
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj's bias goes into the scan (added before softplus there), as in mamba-ssm.
@@ -95,10 +95,10 @@ class Mamba(nn.Module):
         y, ssm_state = selective_scan(
             x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
             z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-            initial_state=None if state is None else state.ssm, return_final_state=True,
+            initial_state=None if state is None else state.ssm_state, return_final_state=True,
         )
         out = self.out_proj(y.transpose(1, 2))
-        return out, MambaState(conv=conv_state, ssm=ssm_state)
+        return out, MambaState(conv_state=conv_state, ssm_state=ssm_state)
 
 
 class RMSNorm(nn.Module):

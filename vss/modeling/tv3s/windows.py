@@ -66,20 +66,21 @@ def window_groups(height, width, size, shift=0):
     )
 
 
+# Cached per device: every layer of every forward reuses them, without host-to-device copies.
 @functools.lru_cache(maxsize=None)
-def _token_index(group, map_width):
+def _token_index(group, map_width, device):
     """Flat (y * map_width + x) positions of the group's tokens within a frame, window by window,
     raster order inside a window."""
     ys = torch.tensor(group.rows)[:, None] + torch.arange(group.height)  # (rows, height)
     xs = torch.tensor(group.cols)[:, None] + torch.arange(group.width)  # (cols, width)
     index = ys[:, None, :, None] * map_width + xs[None, :, None, :]  # (rows, cols, height, width)
-    return index.flatten()
+    return index.flatten().to(device)
 
 
 @functools.lru_cache(maxsize=None)
-def _inverse_index(groups, map_width):
+def _inverse_index(groups, map_width, device):
     """Where each map position sits among the groups' concatenated tokens."""
-    order = torch.cat([_token_index(g, map_width) for g in groups])
+    order = torch.cat([_token_index(g, map_width, device) for g in groups])
     return torch.argsort(order)
 
 
@@ -89,7 +90,7 @@ def partition(x, groups):
     flat = x.reshape(b, t, height * width, c)
     sequences = []
     for g in groups:
-        tokens = flat[:, :, _token_index(g, width).to(x.device)]  # (B, T, windows * h * w, C)
+        tokens = flat[:, :, _token_index(g, width, x.device)]  # (B, T, windows * h * w, C)
         tokens = tokens.view(b, t, g.num_windows, g.height * g.width, c).transpose(1, 2)
         sequences.append(tokens.reshape(b * g.num_windows, t * g.height * g.width, c))
     return sequences
@@ -104,5 +105,5 @@ def merge(sequences, groups, height, width):
         part = seq.view(b, g.num_windows, t, g.height * g.width, seq.shape[-1]).transpose(1, 2)
         parts.append(part.reshape(b, t, g.num_windows * g.height * g.width, seq.shape[-1]))
     tokens = torch.cat(parts, dim=2)
-    tokens = tokens[:, :, _inverse_index(tuple(groups), width).to(tokens.device)]
+    tokens = tokens[:, :, _inverse_index(tuple(groups), width, tokens.device)]
     return tokens.view(tokens.shape[0], tokens.shape[1], height, width, tokens.shape[-1])
