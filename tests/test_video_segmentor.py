@@ -99,12 +99,14 @@ def test_trainable_prefixes_freeze_the_rest():
     torch.manual_seed(0)
     backbone = TinyBackbone()
     backbone.bn = nn.BatchNorm2d(4)
+    backbone.drop = nn.Dropout(0.5)  # parameter-free, inside the frozen backbone
     m = VideoSegmentor(backbone=backbone, sem_seg_head=nn.Linear(2, 2), temporal=RunningMean(),
                        pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, size_divisibility=0,
                        trainable=["sem_seg_head."])
     assert [n for n, p in m.named_parameters() if p.requires_grad] == ["sem_seg_head.weight", "sem_seg_head.bias"]
     m.train()
     assert m.sem_seg_head.training and not m.backbone.bn.training and not m.backbone.conv.training
+    assert not m.backbone.drop.training and not m.backbone.training
     with pytest.raises(ValueError, match="match no parameter"):
         VideoSegmentor(backbone=TinyBackbone(), sem_seg_head=nn.Identity(), temporal=RunningMean(),
                        pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, trainable=["flow."])

@@ -5,7 +5,9 @@ A streaming model (TV3S) carries a fixed-size state from frame to frame, so its 
 must not grow with the video: this feeds one video of --frames random frames (default 1,000)
 one frame at a time, in eval mode without autograd, and compares the first 100 frames with the
 last 100 (mean latency, memory, size of the carried state). "flat" means the last window's mean
-latency is within --tolerance of the first's.
+latency is within --tolerance of the first's. On the CPU the CPU time of each frame is measured
+too (one thread by default, so it is the frame's whole compute): unlike the wall-clock latency it
+does not depend on what else the machine runs.
 
 Memory: on CUDA, the peak allocated during each frame (torch.cuda.max_memory_allocated, weights
 included); on the CPU, the process's resident set size after each frame. The carried state's
@@ -69,21 +71,23 @@ def _sync(device):
 def stream_video(model, height, width, frames, video_id="stream", seed=0):
     """Segment one video of random frames frame by frame.
 
-    Returns per-frame lists: "ms" (latency), "memory_bytes" (CUDA: peak allocated during the
-    frame; CPU: resident set size after it) and "state_bytes" (the state carried out of it).
+    Returns per-frame lists: "ms" (latency), "cpu_ms" (CPU time of this thread), "memory_bytes"
+    (CUDA: peak allocated during the frame; CPU: resident set size after it) and "state_bytes"
+    (the state carried out of it).
     """
     device = model.device
     generator = torch.Generator().manual_seed(seed)
-    out = {"ms": [], "memory_bytes": [], "state_bytes": []}
+    out = {"ms": [], "cpu_ms": [], "memory_bytes": [], "state_bytes": []}
     for i in range(frames):
         frame = dict(random_frame(height, width, i, generator, device), video_id=video_id)
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         model([frame])
         _sync(device)
         out["ms"].append(1000 * (time.perf_counter() - start))
+        out["cpu_ms"].append(1000 * (time.thread_time() - cpu_start))
         out["memory_bytes"].append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss())
         # peeking at the state the next frame would get changes nothing
         out["state_bytes"].append(state_bytes(model.states.get(video_id, i + 1)))
@@ -118,12 +122,15 @@ def summarize(per_frame, window, tolerance):
     first = {k: v[:window] for k, v in per_frame.items()}
     last = {k: v[-window:] for k, v in per_frame.items()}
     ratio = statistics.mean(last["ms"]) / statistics.mean(first["ms"])
+    cpu_ratio = statistics.mean(last["cpu_ms"]) / statistics.mean(first["cpu_ms"])
     return {
         "window": window,
         "first": _stats(first),
         "last": _stats(last),
         "latency_ratio_last_over_first": ratio,
+        "cpu_time_ratio_last_over_first": cpu_ratio,
         "flat": abs(ratio - 1) <= tolerance,
+        "cpu_time_flat": abs(cpu_ratio - 1) <= tolerance,
         "tolerance": tolerance,
         "max_memory_bytes": max(per_frame["memory_bytes"]),
     }
@@ -133,6 +140,7 @@ def _stats(frames):
     return {
         "mean_ms": statistics.mean(frames["ms"]),
         "median_ms": statistics.median(frames["ms"]),
+        "mean_cpu_ms": statistics.mean(frames["cpu_ms"]),
         "mean_memory_bytes": statistics.mean(frames["memory_bytes"]),
         "mean_state_bytes": statistics.mean(frames["state_bytes"]),
     }
@@ -146,13 +154,16 @@ def format_report(result):
     for name in ("first", "last"):
         w = s[name]
         rows.append([f"{name} {s['window']} frames", f"{w['mean_ms']:.2f}", f"{w['median_ms']:.2f}",
-                     f"{w['mean_memory_bytes'] / mib:.1f}", f"{w['mean_state_bytes'] / 1024:.1f}"])
+                     f"{w['mean_cpu_ms']:.2f}", f"{w['mean_memory_bytes'] / mib:.1f}",
+                     f"{w['mean_state_bytes'] / 1024:.1f}"])
     lines = [
         f"{result['config']}: one video of {result['frames']} frames of {result['height']}x{result['width']}, "
         f"device {result['device']}" + (f", {result['threads']} CPU threads" if result["device"] == "cpu" else ""),
-        tabulate(rows, headers=["", "mean ms", "median ms", memory, "state (KiB)"], tablefmt="simple"),
-        f"latency last/first: {s['latency_ratio_last_over_first']:.3f} -> "
-        + ("flat" if s["flat"] else "NOT flat") + f" (tolerance {s['tolerance']:.0%})",
+        tabulate(rows, headers=["", "mean ms", "median ms", "mean CPU ms", memory, "state (KiB)"],
+                 tablefmt="simple"),
+        f"mean latency last/first: {s['latency_ratio_last_over_first']:.3f} -> "
+        + ("flat" if s["flat"] else "NOT flat") + f" (tolerance {s['tolerance']:.0%}); mean CPU time last/first: "
+        f"{s['cpu_time_ratio_last_over_first']:.3f} -> " + ("flat" if s["cpu_time_flat"] else "NOT flat"),
     ]
     if "clip" in result:
         c = result["clip"]

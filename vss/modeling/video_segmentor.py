@@ -62,9 +62,10 @@ class VideoSegmentor(nn.Module):
             raise ValueError(f"MODEL.VIDEO.TRAINABLE prefixes {unknown} match no parameter of the model")
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith(prefixes))
+        # Whole frozen subtrees go to eval mode, parameter-free children (dropout, drop
+        # path) included, so frozen parts behave as at inference.
         return [m for m in self.modules()
-                if any(True for _ in m.parameters(recurse=False))
-                and not any(p.requires_grad for p in m.parameters(recurse=False))]
+                if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
     def train(self, mode=True):
         super().train(mode)

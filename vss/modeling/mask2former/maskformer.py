@@ -9,6 +9,21 @@ from .criterion import build_criterion
 from .semantic import semantic_outputs
 
 
+def prepare_targets(batched_inputs, padded_size, device):
+    """Per-image {"labels", "masks"} with masks zero-padded to `padded_size` (H, W)."""
+    h_pad, w_pad = padded_size
+    targets = []
+    for x in batched_inputs:
+        if "instances" not in x:
+            raise ValueError(f"training input {x.get('file_name', '<no file_name>')} has no 'instances'")
+        gt = x["instances"].to(device)
+        masks = gt.gt_masks.tensor if hasattr(gt.gt_masks, "tensor") else gt.gt_masks
+        padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
+        padded[:, : masks.shape[1], : masks.shape[2]] = masks
+        targets.append({"labels": gt.gt_classes, "masks": padded})
+    return targets
+
+
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
     """Backbone + MaskFormerHead + set criterion; detectron2's list-of-dicts interface.
@@ -91,7 +106,7 @@ class MaskFormer(nn.Module):
         images = self.preprocess_image(batched_inputs)
         outputs = self.forward_padded(images.tensor)
         if self.training:
-            targets = self.prepare_targets(batched_inputs, images)
+            targets = prepare_targets(batched_inputs, images.tensor.shape[-2:], self.device)
             return self.weighted_losses(self.criterion(outputs, targets))
         output_sizes = [
             (x.get("height", size[0]), x.get("width", size[1]))
@@ -111,19 +126,3 @@ class MaskFormer(nn.Module):
         """Multiply each loss by its weight; drop losses without one (e.g. aux without deep supervision)."""
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
-
-    def prepare_targets(self, batched_inputs, images):
-        """Per-image {"labels", "masks"} with masks zero-padded to the padded batch size."""
-        h_pad, w_pad = images.tensor.shape[-2:]
-        targets = []
-        for x in batched_inputs:
-            if "instances" not in x:
-                raise ValueError(
-                    f"MaskFormer training input {x.get('file_name', '<no file_name>')} has no 'instances'"
-                )
-            gt = x["instances"].to(self.device)
-            masks = gt.gt_masks.tensor if hasattr(gt.gt_masks, "tensor") else gt.gt_masks
-            padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append({"labels": gt.gt_classes, "masks": padded})
-        return targets

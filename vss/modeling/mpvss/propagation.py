@@ -21,7 +21,8 @@ from detectron2.config import configurable
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..mask2former import MaskFormer, build_criterion, semantic_outputs
+from ..mask2former import build_criterion, semantic_outputs
+from ..mask2former.maskformer import prepare_targets
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
 from .flow import FlowEstimator
 from .keyframes import KeyFrameCache, KeyFramePolicy, mask_confidence
@@ -111,7 +112,7 @@ class MaskPropagation(nn.Module):
         )
         warped = [{"pred_logits": p["pred_logits"], "pred_masks": warped[:, :, i]} for i, p in enumerate(predictions)]
         # MaskFormer's target preparation only needs `device` from the model
-        targets = MaskFormer.prepare_targets(model, batched_inputs, images)
+        targets = prepare_targets(batched_inputs, images.tensor.shape[-2:], model.device)
         losses = self.criterion({**warped[-1], "aux_outputs": warped[:-1]}, targets)
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
