@@ -37,7 +37,8 @@ def train_and_evaluate(name, config, output_dir, extra_opts):
     else:
         print(f"[quickstart] {name}: training {cfg.SOLVER.MAX_ITER} iterations ({config})")
         os.makedirs(output_dir, exist_ok=True)
-        trainer = Trainer(cfg)
+        # No evaluation inside training: the timed evaluation below is the one reported.
+        trainer = Trainer(setup_cfg(os.path.join(REPO, config), opts + ["DATASETS.TEST", "()"]))
         trainer.resume_or_load(resume=False)
         trainer.train()
     model = Trainer.build_model(cfg)
