@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .swin import drop_path
@@ -207,12 +206,6 @@ class MiT(Backbone):
     @property
     def size_divisibility(self):
         return 32
-
-    def output_shape(self):
-        return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-            for n in self._out_features
-        }
 
     def forward(self, x):
         """x: normalised (B, in_chans, H, W) -> {name: (B, C, ceil(H / s), ceil(W / s))}."""

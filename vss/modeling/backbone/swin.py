@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils import checkpoint
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 __all__ = [
@@ -342,12 +341,6 @@ class D2SwinTransformer(Backbone):
     @property
     def size_divisibility(self):
         return self._size_divisibility
-
-    def output_shape(self):
-        return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-            for n in self._out_features
-        }
 
     def forward(self, x):
         """x: normalised (B, in_chans, H, W) -> {name: (B, C, ceil(H / s), ceil(W / s))}."""
