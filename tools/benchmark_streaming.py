@@ -6,8 +6,8 @@ must not grow with the video: this feeds one video of --frames random frames (de
 one frame at a time, in eval mode without autograd, and compares the first 100 frames with the
 last 100 (mean latency, memory, size of the carried state). "flat" means the last window's mean
 latency is within --tolerance of the first's. On the CPU the CPU time of each frame is measured
-too (one thread by default, so it is the frame's whole compute): unlike the wall-clock latency it
-does not depend on what else the machine runs.
+too (one thread by default, so it is the frame's whole compute): it depends less than the
+wall-clock latency on what else the machine runs, though shared cores and caches still slow it.
 
 Memory: on CUDA, the peak allocated during each frame (torch.cuda.max_memory_allocated, weights
 included); on the CPU, the process's resident set size after each frame. The carried state's
@@ -204,6 +204,8 @@ def main(argv=None):
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if not hasattr(model, "temporal"):
+        parser.error(f"{args.config_file}: {type(model).__name__} is not a video model (VideoSegmentor)")
     if args.clip and not hasattr(model.temporal, "infer_clip"):
         parser.error(f"--clip {args.clip}: the temporal head {type(model.temporal).__name__} has no infer_clip "
                      "(pass --clip 0)")

@@ -22,9 +22,9 @@ encoder's names without a prefix, plus the ImageNet classifier `head.*`, dropped
 
 Every key of the input must match a row (an unknown key is an error naming it), and the result is
 checked against the model the config builds: every key of ours (with --encoder: of its encoder)
-must be produced, with its shape, and nothing else. The output is `{"model": state_dict}` (.pth) or, for .pkl, detectron2's
-model-zoo format (numpy arrays and an "__author__" entry, without which detectron2 0.6 would take
-the file for a Caffe2 one and rename keys heuristically).
+must be produced, with its shape, and nothing else. The output is `{"model": state_dict}` (.pth)
+or, for .pkl, detectron2's model-zoo format (numpy arrays and an "__author__" entry, without which
+detectron2 0.6 would take the file for a Caffe2 one and rename keys heuristically).
 
   python tools/convert_tv3s.py --config-file configs/vspw/tv3s/MiT-B1.yaml \\
       TV3S_B1_official.pth output/tv3s_mit_b1_vspw.pth
@@ -55,12 +55,13 @@ KEY_MAP = (
     ("decode_head.conv_seg.", None),
 )
 
+# SegFormer's ImageNet MiT files: the encoder without a prefix, and the ImageNet classifier.
 ENCODER_KEY_MAP = (
     ("head.", None),
     ("", "backbone."),
 )
 
-AUTHOR = "TV3S official release, converted by tools/convert_tv3s.py"
+AUTHOR = "converted from the official release by vss tools/convert_tv3s.py"
 
 
 def convert(state_dict, key_map=KEY_MAP, expected=None, source="the checkpoint"):
