@@ -1,3 +1,4 @@
 from .optimizer import build_optimizer
+from .predictor import VideoPredictor
 from .setup import setup_cfg
 from .trainer import Trainer
