@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Accuracy (and FLOPs) against the key-frame interval K, as in MPVSS's Figure 3.
+
+Each --runs gives one variant (one line of the plot) and its evaluation results, one per K:
+
+    --runs "NAME=[K<k>:]PATH,[K<k>:]PATH,..."
+
+PATH is one of
+  * a detectron2 log (the log.txt that `train_net.py`, also with --eval-only, leaves in
+    OUTPUT_DIR): the result is the last "copypaste:" block of the task (--task) in it;
+  * a folder: its log.txt;
+  * a JSON file holding what `Trainer.test` returns plus the interval,
+    {"K": 5, "sem_seg": {"mIoU": 47.10, "WIoU": 76.25, ...}}  (task -> metric -> value).
+K is the JSON's "K"; for a log it is MODEL.MPVSS.KEY_INTERVAL of the config.yaml that
+detectron2 saves beside it. A "K<k>:" tag in front of PATH gives K where neither exists and
+must agree with them where they do. Paths cannot contain commas.
+
+With --flops KEY=<gflops>,NONKEY=<gflops> a second panel shows the mean GFLOPs per frame,
+(key + (K - 1) * nonkey) / K: one key frame and K - 1 propagated frames, i.e. the mean over a
+clip whose length is a multiple of K. The same values are printed as a table.
+
+  python tools/plot_keyframe_tradeoff.py \\
+      --runs copy=output/synthetic/mpvss_copy/eval_k2,output/synthetic/mpvss_copy/eval_k5 \\
+      --runs "query flow=K2:out/q2/log.txt,K5:out/q5/results.json" \\
+      --flops KEY=110.56,NONKEY=21.24 --flops-label "MPVSS R50, 480x853" --output tradeoff.png
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+# detectron2's logger colours the config dump in log.txt; copypaste lines are plain, but a log
+# passed through a terminal may carry escape codes anywhere
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_COPYPASTE = re.compile(r"copypaste: (.*)$")
+_DATASET = re.compile(r"Evaluation results for (\S+) in csv format:")
+# written by default_setup when a run starts, i.e. when config.yaml beside the log is written
+_RUN_START = "Full config saved to "
+_TAG = re.compile(r"K(\d+):(.*)$")
+
+
+def read_log_results(path, task="sem_seg", dataset=None):
+    """{metric: value} of the last evaluation of `task` in a detectron2 log.
+
+    A log holding several datasets' results needs `dataset`. Results logged before the
+    last run started are not used: config.yaml (hence K) describes the last run only.
+    """
+    blocks = []  # (line number, dataset, task, {metric: value})
+    last_start = 0
+    current_dataset = None
+    pending = []  # copypaste lines of the block being read: Task, names, values
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            line = _ANSI.sub("", line.rstrip("\n"))
+            if _RUN_START in line:
+                last_start = number
+                current_dataset = None
+                continue
+            match = _DATASET.search(line)
+            if match:
+                current_dataset = match.group(1)
+                continue
+            match = _COPYPASTE.search(line)
+            if not match:
+                continue
+            text = match.group(1)
+            if text.startswith("Task: "):
+                pending = [text[len("Task: "):]]
+            elif pending:
+                pending.append(text)
+                if len(pending) == 3:
+                    blocks.append((number, current_dataset, *_parse_block(path, number, pending)))
+                    pending = []
+    blocks = [b for b in blocks if b[2] == task]
+    if not blocks:
+        raise ValueError(f"{path}: no detectron2 'copypaste:' result for task {task!r}")
+    datasets = sorted({b[1] for b in blocks if b[1] is not None})
+    if dataset is not None:
+        blocks = [b for b in blocks if b[1] == dataset]
+        if not blocks:
+            raise ValueError(f"{path}: no result for dataset {dataset!r}; the log has {datasets}")
+    elif len(datasets) > 1:
+        raise ValueError(f"{path}: results for several datasets {datasets}; choose one with --dataset")
+    number, _, _, metrics = blocks[-1]
+    if number < last_start:
+        raise ValueError(
+            f"{path}: the run started at line {last_start} logged no result for task {task!r} "
+            f"(the last one, line {number}, belongs to an earlier run)"
+        )
+    return metrics
+
+
+def _parse_block(path, number, block):
+    task, names, values = block
+    names = names.split(",")
+    values = values.split(",")
+    if len(names) != len(values):
+        raise ValueError(f"{path}:{number}: {len(names)} metric names but {len(values)} values")
+    try:
+        return task, {n: float(v) for n, v in zip(names, values)}
+    except ValueError:
+        raise ValueError(f"{path}:{number}: values are not numbers: {','.join(values)}") from None
+
+
+def read_json_results(path, task="sem_seg"):
+    """(K or None, {metric: value}) from a JSON file {"K": k, task: {metric: value}}."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get(task), dict):
+        raise ValueError(f"{path}: expected {{\"K\": <int>, {task!r}: {{metric: value}}}}")
+    k = data.get("K")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"{path}: \"K\" must be a positive integer, got {k!r}")
+    return k, data[task]
+
+
+def read_key_interval(config_path):
+    """MODEL.MPVSS.KEY_INTERVAL of a saved detectron2 config, None if it has none."""
+    with open(config_path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    value = cfg.get("MODEL", {}).get("MPVSS", {}).get("KEY_INTERVAL")
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{config_path}: MODEL.MPVSS.KEY_INTERVAL must be a positive integer, got {value!r}")
+    return value
+
+
+def load_result(path, k_tag=None, metric="mIoU", task="sem_seg", dataset=None):
+    """(K, metric value) of one evaluation output (log, folder with log.txt, or JSON)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "log.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.endswith(".json"):
+        k, metrics = read_json_results(path, task)
+        source = f"{path} (\"K\")"
+    else:
+        metrics = read_log_results(path, task, dataset)
+        config = os.path.join(os.path.dirname(path), "config.yaml")
+        k = read_key_interval(config) if os.path.isfile(config) else None
+        source = config
+    if k is None and k_tag is None:
+        raise ValueError(
+            f"{path}: K unknown; give it as K<k>:{path} (no {source} with the key interval)"
+        )
+    if k is not None and k_tag is not None and k != k_tag:
+        raise ValueError(f"{path}: tag says K={k_tag} but {source} says K={k}")
+    if metric not in metrics:
+        raise ValueError(f"{path}: no metric {metric!r} for task {task!r}; it has {sorted(metrics)}")
+    value = metrics[metric]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{path}: {metric} must be a number, got {value!r}")
+    return k if k is not None else k_tag, float(value)
+
+
+def parse_run(spec):
+    """'NAME=[K<k>:]PATH,...' -> (NAME, [(k or None, PATH), ...])."""
+    name, sep, paths = spec.partition("=")
+    if not sep or not name.strip() or not paths.strip():
+        raise ValueError(f"--runs {spec!r}: expected NAME=[K<k>:]PATH[,[K<k>:]PATH...]")
+    items = []
+    for item in paths.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"--runs {spec!r}: empty path")
+        match = _TAG.match(item)
+        if match and int(match.group(1)) < 1:
+            raise ValueError(f"--runs {spec!r}: K must be at least 1 in {item!r}")
+        items.append((int(match.group(1)), match.group(2)) if match else (None, item))
+    return name.strip(), items
+
+
+def parse_flops(spec):
+    """'KEY=<gflops>,NONKEY=<gflops>' -> (key, nonkey)."""
+    values = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        try:
+            values[name.strip().upper()] = float(value)
+        except ValueError:
+            raise ValueError(f"--flops {spec!r}: {item!r} is not NAME=<number>") from None
+    if sorted(values) != ["KEY", "NONKEY"]:
+        raise ValueError(f"--flops {spec!r}: expected KEY=<gflops>,NONKEY=<gflops>")
+    return values["KEY"], values["NONKEY"]
+
+
+def average_gflops(key, nonkey, k):
+    """Mean GFLOPs per frame with one key frame in every K frames."""
+    return (key + (k - 1) * nonkey) / k
+
+
+def collect(runs, metric="mIoU", task="sem_seg", dataset=None):
+    """{variant: {K: value}} from parsed --runs; one result per K and variant."""
+    series = {}
+    for name, items in runs:
+        if name in series:
+            raise ValueError(f"--runs: variant {name!r} given twice")
+        points = series[name] = {}
+        for k_tag, path in items:
+            k, value = load_result(path, k_tag, metric, task, dataset)
+            if k in points:
+                raise ValueError(f"{path}: variant {name!r} already has a result for K={k}")
+            points[k] = value
+    return series
+
+
+def format_table(series, metric, flops=None):
+    ks = sorted({k for points in series.values() for k in points})
+    rows = [[name] + [_cell(points.get(k)) for k in ks] for name, points in series.items()]
+    if flops is not None:
+        rows.append(["GFLOPs / frame"] + [f"{average_gflops(*flops, k):.2f}" for k in ks])
+    return tabulate(rows, headers=[metric] + [f"K={k}" for k in ks], tablefmt="simple", disable_numparse=True)
+
+
+def _cell(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def plot_tradeoff(series, output, metric="mIoU", flops=None, flops_label=None):
+    """Writes a PNG: `metric` against K per variant, and mean GFLOPs per frame if `flops`."""
+    fig = Figure(figsize=(10 if flops else 5.5, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if flops else 1, squeeze=False)[0]
+    ks = sorted({k for points in series.values() for k in points})
+    ax = axes[0]
+    for name, points in series.items():
+        k = sorted(points)
+        ax.plot(k, [points[i] for i in k], marker="o", label=name)
+    ax.set(xlabel="key-frame interval K", ylabel=metric, xticks=ks, title=f"{metric} vs. key-frame interval")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if flops:
+        ax = axes[1]
+        ax.plot(ks, [average_gflops(*flops, k) for k in ks], marker="s", color="black",
+                label=f"key {flops[0]:g}, non-key {flops[1]:g}")
+        ax.set(xlabel="key-frame interval K", ylabel="GFLOPs per frame (mean)", xticks=ks,
+               title=flops_label or "mean GFLOPs per frame")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", action="append", required=True, metavar="NAME=[K<k>:]PATH,...",
+                        help="one variant and its evaluation outputs; repeat for more variants")
+    parser.add_argument("--output", required=True, metavar="PNG")
+    parser.add_argument("--metric", default="mIoU")
+    parser.add_argument("--task", default="sem_seg", help="detectron2 result task holding the metric")
+    parser.add_argument("--dataset", help="dataset whose result to use when a log holds several")
+    parser.add_argument("--flops", metavar="KEY=G,NONKEY=G", help="GFLOPs of a key and a non-key frame")
+    parser.add_argument("--flops-label", help="what the FLOPs were measured on, e.g. 'MPVSS R50, 480x853'")
+    args = parser.parse_args(argv)
+    try:
+        flops = parse_flops(args.flops) if args.flops else None
+        series = collect([parse_run(s) for s in args.runs], args.metric, args.task, args.dataset)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(format_table(series, args.metric, flops))
+    if flops and args.flops_label:
+        print(f"GFLOPs: {args.flops_label}")
+    try:
+        plot_tradeoff(series, args.output, args.metric, flops, args.flops_label)
+    except OSError as e:
+        sys.exit(f"error: cannot write {args.output}: {e}")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
