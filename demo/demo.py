@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Segment a video with a vss model and write an overlay video and/or per-frame PNGs.
+
+The input is one video: a video file, a folder of frames (image files in natural name
+order: frame2 before frame10) or a quoted glob pattern (files in the same order). Its
+frames go through VideoPredictor in order, so video models carry their state from frame
+to frame (MPVSS key frames, TV3S scan states) as in the evaluation.
+
+Outputs (at least one):
+  --output-video OUT.mp4  the overlays as an mp4v video (fps: --fps, else the input
+                          video's, else 15);
+  --output-dir DIR        DIR/overlay/<stem>.png, the colour overlay with class names
+                          (detectron2's Visualizer), and DIR/labels/<stem>.png, the
+                          predicted train ids + the dataset's label_offset as a uint8
+                          PNG (VSPW layout). <stem> is the frame file's name without
+                          extension, or the 6-digit frame index for a video file.
+
+Class names, colours and label_offset come from the metadata of DATASETS.TEST[0].
+
+  python demo/demo.py --config-file configs/synthetic/mask2former_tiny.yaml \\
+      --input "datasets/synthetic_vss/data/val_0000/origin/*.jpg" --output-video out.mp4 \\
+      --opts MODEL.WEIGHTS output/synthetic/mask2former_tiny/model_final.pth
+"""
+import argparse
+import glob
+import itertools
+import os
+import re
+import sys
+import time
+
+import cv2
+import numpy as np
+import tqdm
+from detectron2.utils.visualizer import Visualizer
+
+from vss.data.io import read_frame
+from vss.engine import VideoPredictor, setup_cfg
+from vss.modeling.mpvss.propagation import MaskPropagation
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FPS = 15.0
+# Raw label 255 is the ignore value of the VSPW layout, so a prediction may not reach it.
+MAX_LABEL = 254
+
+
+class DemoError(Exception):
+    """A problem with the demo's input, output or dataset metadata; main() exits with its message."""
+
+
+def _natural_key(path):
+    # frame2 before frame10 even without zero padding
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def frame_files(spec):
+    """The frame files of a folder or glob pattern in natural order; a list of one for an image file."""
+    if os.path.isdir(spec):
+        paths = [os.path.join(spec, n) for n in os.listdir(spec) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not paths:
+            raise DemoError(f"input folder {spec} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    elif os.path.isfile(spec):
+        paths = [spec]
+    elif glob.has_magic(spec):
+        paths = [p for p in glob.glob(spec) if os.path.isfile(p)]
+        if not paths:
+            raise DemoError(f"input pattern {spec!r} matches no file")
+    else:
+        raise DemoError(f"input {spec} does not exist (expected a video file, a folder of frames or a glob pattern)")
+    return sorted(paths, key=_natural_key)
+
+
+def _read_files(paths):
+    for path in paths:
+        try:
+            frame = read_frame(path, "BGR")
+        except (FileNotFoundError, ValueError) as e:
+            raise DemoError(f"cannot read input frame: {e}") from None
+        yield os.path.splitext(os.path.basename(path))[0], frame
+
+
+def _read_video(capture, first):
+    try:
+        yield f"{0:06d}", first
+        for index in itertools.count(1):
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield f"{index:06d}", frame
+    finally:
+        capture.release()
+
+
+class FrameInput:
+    """The frames of one input, read lazily.
+
+    Attributes:
+        frames: iterator of (name, HxWx3 uint8 BGR frame); the name is the output file stem.
+        total: the number of frames (a video's may be the container's estimate).
+        fps: the input video's frame rate, None for image files.
+        paths: the frame files in order, None for a video file.
+    """
+
+    def __init__(self, spec):
+        is_video = os.path.isfile(spec) and not spec.lower().endswith(IMAGE_EXTENSIONS)
+        if not is_video:
+            self.paths = frame_files(spec)
+            self.frames = _read_files(self.paths)
+            self.total = len(self.paths)
+            self.fps = None
+            return
+        capture = cv2.VideoCapture(spec)
+        if not capture.isOpened():
+            raise DemoError(f"input {spec} cannot be opened as a video")
+        # Reading the first frame now reports an empty video before the model is built.
+        ok, first = capture.read()
+        if not ok:
+            capture.release()
+            raise DemoError(f"input video {spec} has no readable frames")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.paths = None
+        self.total = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
+        self.fps = fps if fps > 0 else None
+        self.frames = _read_video(capture, first)
+
+
+def _check_unique_stems(paths):
+    seen = {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in seen:
+            raise DemoError(f"input frames {seen[stem]} and {path} share the name {stem!r}: "
+                            "their --output-dir PNGs would overwrite each other")
+        seen[stem] = path
+
+
+def _make_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot create output folder {path}: {e.strerror or e}") from None
+
+
+class OutputWriter:
+    """Writes each frame's overlay (video and/or PNG) and label PNG."""
+
+    def __init__(self, video_path=None, output_dir=None, fps=DEFAULT_FPS):
+        if video_path is None and output_dir is None:
+            raise ValueError("OutputWriter needs a video path or an output folder")
+        self.video_path = video_path
+        self.output_dir = output_dir
+        self.fps = fps
+        self._video = None
+        self._size = None
+        # Fail before any frame is computed when an output cannot be written.
+        if video_path is not None:
+            if os.path.isdir(video_path):
+                raise DemoError(f"--output-video {video_path} is a folder; expected a video file path")
+            _make_dir(os.path.dirname(video_path) or ".")
+            try:
+                open(video_path, "wb").close()
+            except OSError as e:
+                raise DemoError(f"cannot write output video {video_path}: {e.strerror or e}") from None
+        if output_dir is not None:
+            _make_dir(os.path.join(output_dir, "overlay"))
+            _make_dir(os.path.join(output_dir, "labels"))
+
+    def write(self, name, overlay_rgb, labels=None):
+        """Write frame `name`'s overlay (HxWx3 RGB uint8) and raw labels (HxW uint8)."""
+        overlay_bgr = np.ascontiguousarray(overlay_rgb[:, :, ::-1])
+        if self.video_path is not None:
+            self._write_video_frame(name, overlay_bgr)
+        if self.output_dir is not None:
+            _write_png(os.path.join(self.output_dir, "overlay", f"{name}.png"), overlay_bgr)
+            _write_png(os.path.join(self.output_dir, "labels", f"{name}.png"), labels)
+
+    def _write_video_frame(self, name, frame):
+        height, width = frame.shape[:2]
+        if self._video is None:
+            self._size = (width, height)
+            self._video = cv2.VideoWriter(self.video_path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
+            if not self._video.isOpened():
+                raise DemoError(f"cannot write output video {self.video_path} (OpenCV has no mp4v encoder "
+                                "for it or the location is not writable)")
+        elif (width, height) != self._size:
+            raise DemoError(f"frame {name} is {width}x{height} but the output video {self.video_path} is "
+                            f"{self._size[0]}x{self._size[1]}: a video needs every frame at one size")
+        self._video.write(frame)
+
+    def close(self):
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+
+
+def _write_png(path, image):
+    if not cv2.imwrite(path, image):
+        raise DemoError(f"cannot write {path}")
+
+
+def _metadata_fields(predictor, dataset):
+    """(class names, label offset) the outputs need, with an error naming the dataset when missing."""
+    metadata = predictor.metadata
+    classes = metadata.get("stuff_classes") if metadata is not None else None
+    offset = metadata.get("label_offset") if metadata is not None else None
+    if classes is None or offset is None:
+        raise DemoError(f"the demo needs stuff_classes and label_offset in the metadata of DATASETS.TEST[0] "
+                        f"({dataset!r}): register that dataset or name a registered one with --opts DATASETS.TEST")
+    return classes, offset
+
+
+def _check_classes(num_scores, classes, offset, dataset):
+    if num_scores != len(classes):
+        raise DemoError(f"the model predicts {num_scores} classes but DATASETS.TEST[0] ({dataset!r}) has "
+                        f"{len(classes)} stuff_classes")
+    if num_scores - 1 + offset > MAX_LABEL:
+        raise DemoError(f"{num_scores} classes with label_offset {offset} do not fit a uint8 label PNG below "
+                        f"the ignore value 255")
+
+
+def key_frame_ran(predictor):
+    """Whether the frame the predictor just segmented was an MPVSS key frame; None for other models."""
+    model = predictor.model
+    if not isinstance(getattr(model, "temporal", None), MaskPropagation):
+        return None
+    # Peeking at the state the next frame would get changes nothing; its cache is from the
+    # latest key frame.
+    cache = model.states.get(predictor.video_id, predictor.frame_idx)
+    return cache.frame_idx == predictor.frame_idx - 1
+
+
+def segment(predictor, source, writer, metadata, dataset):
+    """Run the predictor over `source` (a FrameInput) as one video and write every frame.
+
+    Returns (frames, seconds, key frames or None when the model has no key frames).
+    """
+    classes, offset = metadata
+    frames_in, named = itertools.tee(source.frames)
+    outputs = predictor.run(frame for _, frame in frames_in)
+    count, keys = 0, 0
+    start = time.perf_counter()
+    with tqdm.tqdm(zip(named, outputs), total=source.total, unit="frame", dynamic_ncols=True) as progress:
+        for (name, frame), output in progress:
+            scores = output["sem_seg"]
+            if count == 0:
+                _check_classes(scores.shape[0], classes, offset, dataset)
+            key = key_frame_ran(predictor)
+            keys = None if key is None else keys + key
+            labels = scores.argmax(0).to("cpu").numpy()
+            overlay = Visualizer(frame[:, :, ::-1], predictor.metadata).draw_sem_seg(labels).get_image()
+            writer.write(name, overlay, (labels + offset).astype(np.uint8))
+            count += 1
+    return count, time.perf_counter() - start, keys
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="a video file, a folder of frames or a quoted glob pattern of frame files")
+    parser.add_argument("--output-video", metavar="FILE", help="write the overlays as an mp4v video here")
+    parser.add_argument("--output-dir", metavar="DIR", help="write overlay/<stem>.png and labels/<stem>.png here")
+    parser.add_argument("--fps", type=float, help=f"output video frame rate (default: the input video's, "
+                                                   f"else {DEFAULT_FPS:g})")
+    parser.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output_video is None and args.output_dir is None:
+        parser.error("nothing to write: give --output-video and/or --output-dir")
+    if args.fps is not None and args.fps <= 0:
+        parser.error(f"--fps must be positive, got {args.fps:g}")
+    if not os.path.isfile(args.config_file):
+        parser.error(f"config file {args.config_file} does not exist")
+    writer = None
+    try:
+        source = FrameInput(args.input)
+        if args.output_dir is not None and source.paths is not None:
+            _check_unique_stems(source.paths)
+        cfg = setup_cfg(args.config_file, args.opts)
+        if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
+            parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
+        writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS)
+        predictor = VideoPredictor(cfg, half=args.half)
+        dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+        metadata = _metadata_fields(predictor, dataset)
+        frames, seconds, keys = segment(predictor, source, writer, metadata, dataset)
+    except DemoError as e:
+        sys.exit(f"demo: error: {e}")
+    finally:
+        if writer is not None:
+            writer.close()
+    key_frames = "n/a" if keys is None else f"{keys}/{frames}"
+    print(f"demo: {frames} frames in {seconds:.2f} s ({frames / seconds:.2f} frames/s, drawing and writing "
+          f"included), key frames: {key_frames}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
