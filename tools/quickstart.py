@@ -1,82 +1,134 @@
 #!/usr/bin/env python
-"""The quickstart behind `make demo`: generated video data -> train -> evaluate -> table.
+"""The quickstart behind `make demo`: generated video -> train -> evaluate -> table, video, plot.
 
 1. writes the synthetic video set (datasets/prepare_synthetic.py defaults) if missing;
-2. trains each model below on CPU (or GPU when present), skipping a model whose
-   `model_final.pth` already exists (delete output/quickstart to start over);
-3. evaluates every model on synthetic_vss_val with the VSS evaluator and prints one table
-   (mIoU, WIoU, mVC8, mVC16, frames/s of the evaluation pass).
+2. trains a tiny per-frame Mask2Former, then MPVSS (query-based flow) starting from it, and
+   TV3S, on CPU (or GPU when present); a model whose `model_final.pth` exists is not retrained
+   (delete output/quickstart to start over);
+3. evaluates the three on synthetic_vss_val with the VSS evaluator and prints one table
+   (mIoU, WIoU, mVC8, mVC16, frames/s of the evaluation pass);
+4. segments a validation video with MPVSS into an overlay video (demo/demo.py);
+5. evaluates MPVSS and its Copy variant at key-frame intervals K = 2, 5, 10 and plots mIoU and
+   the tiny model's GFLOPs per frame against K (tools/plot_keyframe_tradeoff.py).
 """
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from vss.data.synthetic import generate
 from vss.engine import Trainer, setup_cfg
+from vss.utils.flops import video_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (row name, config): the models the quickstart trains and compares.
-MODELS = [
-    ("Mask2Former (per frame)", "configs/synthetic/mask2former_tiny.yaml"),
-]
 METRICS = ["mIoU", "WIoU", "mVC8", "mVC16"]
+PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
+MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
+COPY = "configs/synthetic/mpvss_copy.yaml"
+TV3S = "configs/synthetic/tv3s_tiny.yaml"
+KEY_INTERVALS = (2, 5, 10)
 
 
-def train_and_evaluate(name, config, output_dir, extra_opts):
-    opts = ["OUTPUT_DIR", output_dir] + list(extra_opts)
-    cfg = setup_cfg(os.path.join(REPO, config), opts)
+def config(path, opts):
+    return setup_cfg(os.path.join(REPO, path), list(opts))
+
+
+def train(name, path, output_dir, opts):
+    """Train once into `output_dir`; returns the final checkpoint."""
     final = os.path.join(output_dir, "model_final.pth")
     if os.path.isfile(final):
         print(f"[quickstart] {name}: using the trained {final}")
-    else:
-        print(f"[quickstart] {name}: training {cfg.SOLVER.MAX_ITER} iterations ({config})")
-        os.makedirs(output_dir, exist_ok=True)
-        # No evaluation inside training: the timed evaluation below is the one reported.
-        trainer = Trainer(setup_cfg(os.path.join(REPO, config), opts + ["DATASETS.TEST", "()"]))
-        trainer.resume_or_load(resume=False)
-        trainer.train()
+        return final
+    # No evaluation inside training: the evaluations below are the ones reported.
+    cfg = config(path, list(opts) + ["OUTPUT_DIR", output_dir, "DATASETS.TEST", "()"])
+    print(f"[quickstart] {name}: training {cfg.SOLVER.MAX_ITER} iterations ({path})")
+    os.makedirs(output_dir, exist_ok=True)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return final
+
+
+def evaluate(name, path, weights, opts=()):
+    """{metric: value, "frames/s": ...} of `weights` on the config's test set."""
+    cfg = config(path, list(opts) + ["MODEL.WEIGHTS", weights])
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(final)
+    DetectionCheckpointer(model).load(weights)
     print(f"[quickstart] {name}: evaluating on {cfg.DATASETS.TEST[0]}")
-    loader = Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    frames = len(Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]).dataset)
     start = time.perf_counter()
-    results = Trainer.test(cfg, model)
-    seconds = time.perf_counter() - start
-    metrics = results["sem_seg"]  # one test dataset: detectron2 returns its results directly
-    return {**{m: metrics[m] for m in METRICS}, "frames/s": len(loader.dataset) / seconds}
+    metrics = Trainer.test(cfg, model)["sem_seg"]  # one test dataset: its results directly
+    return {**{m: metrics[m] for m in METRICS}, "frames/s": frames / (time.perf_counter() - start)}
+
+
+def tiny_gflops(path, weights, opts=()):
+    """(key frame, propagated frame) GFLOPs of a tiny MPVSS model at the synthetic frame size."""
+    cfg = config(path, list(opts) + ["MODEL.WEIGHTS", weights, "MODEL.MPVSS.KEY_INTERVAL", "2"])
+    model = Trainer.build_model(cfg)
+    first = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]
+    key, nonkey = (c[""] / 1e9 for c in video_flops(model, first["height"], first["width"], frames=2))
+    return key, nonkey
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"))
-    parser.add_argument("--iters", type=int, default=None, help="override SOLVER.MAX_ITER of every model")
     args = parser.parse_args()
     setup_logger(name="vss")
     setup_logger()
+    out = args.output
 
     # Where the registered synthetic datasets look ($DETECTRON2_DATASETS, default ./datasets).
     summary = generate(MetadataCatalog.get("synthetic_vss_train").dataset_root)
     print(f"[quickstart] synthetic data: {summary['root']} ({summary['frames']} frames"
           f"{', generated' if summary['generated'] else ', already there'})")
 
-    extra = ["SOLVER.MAX_ITER", str(args.iters)] if args.iters else []
-    rows = []
-    for name, config in MODELS:
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(config))[0])
-        rows.append({"model": name, **train_and_evaluate(name, config, out, extra)})
+    per_frame = train("Mask2Former", PER_FRAME, os.path.join(out, "mask2former"), [])
+    mpvss = train("MPVSS", MPVSS, os.path.join(out, "mpvss"), ["MODEL.WEIGHTS", per_frame])
+    tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"), [])
 
+    rows = [
+        {"model": "Mask2Former (per frame)", **evaluate("Mask2Former", PER_FRAME, per_frame)},
+        {"model": "MPVSS (query flow, K=5)", **evaluate("MPVSS", MPVSS, mpvss)},
+        {"model": "TV3S (streaming)", **evaluate("TV3S", TV3S, tv3s)},
+    ]
     table = tabulate([[r["model"]] + [r[m] for m in METRICS + ["frames/s"]] for r in rows],
                      headers=["model"] + METRICS + ["frames/s"], floatfmt=".1f", tablefmt="github")
+
+    video = os.path.join(summary["root"], "data", summary["videos"]["val"][0], "origin", "*.jpg")
+    print(f"[quickstart] segmenting {video} with MPVSS")
+    subprocess.run([sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file",
+                    os.path.join(REPO, MPVSS), "--input", video,
+                    "--output-video", os.path.join(out, "demo.mp4"), "--opts", "MODEL.WEIGHTS", mpvss],
+                   check=True)
+
+    runs = []
+    for name, path, weights in [("copy", COPY, per_frame), ("query flow", MPVSS, mpvss)]:
+        files = []
+        for k in KEY_INTERVALS:
+            result = evaluate(f"{name}, K={k}", path, weights, ["MODEL.MPVSS.KEY_INTERVAL", str(k)])
+            files.append(os.path.join(out, f"tradeoff_{name.replace(' ', '_')}_k{k}.json"))
+            with open(files[-1], "w") as f:
+                json.dump({"K": k, "sem_seg": result}, f)
+        runs += ["--runs", f"{name}=" + ",".join(files)]
+    key, nonkey = tiny_gflops(MPVSS, mpvss)
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_keyframe_tradeoff.py"), *runs,
+                    "--flops", f"KEY={key:.3f},NONKEY={nonkey:.3f}",
+                    "--flops-label", "tiny MPVSS (query flow), synthetic frames",
+                    "--output", os.path.join(out, "tradeoff.png")], check=True)
+
     print("\n" + table)
-    with open(os.path.join(args.output, "results.json"), "w") as f:
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    print(f"\n[quickstart] results in {args.output}/results.json")
+    print(f"\n[quickstart] results: {out}/results.json, overlay video: {out}/demo.mp4, "
+          f"trade-off plot: {out}/tradeoff.png")
 
 
 if __name__ == "__main__":
