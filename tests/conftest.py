@@ -25,3 +25,19 @@ def reference_dir():
             pytest.fail(msg)  # CI always has it: a missing folder is a broken set-up
         pytest.skip(msg)
     return path
+
+
+def read_key_list(path, prefix=""):
+    """{name: shape} of a reference key list ("name<TAB>shape" lines), in file order.
+
+    Only names starting with `prefix` are kept, with the prefix removed. Shapes may be written
+    "64,6,7,7" or "(64, 6, 7, 7)"; an empty shape is a scalar. Lines starting with # are comments.
+    """
+    keys = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, shape = line.split("\t")
+        if name.startswith(prefix):
+            keys[name[len(prefix):]] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return keys

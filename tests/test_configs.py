@@ -1,11 +1,10 @@
 """Every shipped config loads, and the paper configs build the published architectures."""
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import REPO
+from conftest import REPO, read_key_list
 from vss.engine import setup_cfg
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -23,12 +22,6 @@ def build_on_meta(config):
         return build_model(cfg)
 
 
-def read_keys(path):
-    keys = {}
-    for line in Path(path).read_text().splitlines():
-        name, shape = line.split("\t")
-        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
 
 
 @pytest.mark.parametrize("config,key_file", [
@@ -43,4 +36,4 @@ def read_keys(path):
 def test_mask2former_configs_match_upstream_checkpoints(config, key_file, reference_dir):
     model = build_on_meta(config)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert ours == read_keys(reference_dir / "mask2former_keys" / key_file)
+    assert ours == read_key_list(reference_dir / "mask2former_keys" / key_file)

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from vss.engine import setup_cfg
 
-from conftest import REPO
+from conftest import REPO, read_key_list
 
 B1 = str(REPO / "configs" / "vspw" / "tv3s" / "MiT-B1.yaml")
 
@@ -28,22 +28,14 @@ def load_tool(name):
 convert_tv3s = load_tool("convert_tv3s")
 
 
-def read_keys(path):
-    keys = OrderedDict()
-    for line in path.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, shape = line.split("\t")
-        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
 
 
 @pytest.fixture(scope="module")
 def official(reference_dir):
     """A release-layout MiT-B1 TV3S state dict of random values (every key of the two lists)."""
     g = torch.Generator().manual_seed(0)
-    keys = read_keys(reference_dir / "tv3s_mitb1_keys.txt")
-    keys.update(read_keys(reference_dir / "tv3s_keys_b1.txt"))
+    keys = read_key_list(reference_dir / "tv3s_mitb1_keys.txt")
+    keys.update(read_key_list(reference_dir / "tv3s_keys_b1.txt"))
     state = OrderedDict()
     for name, shape in keys.items():
         if name.endswith("num_batches_tracked"):

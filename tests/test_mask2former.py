@@ -17,6 +17,7 @@ from vss.modeling.mask2former import (
     semantic_postprocess,
 )
 from vss.modeling.mask2former.transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from conftest import read_key_list
 
 # Upstream parameter counts (IMPLEMENTATION_NOTES section 2).
 PARAMS = {
@@ -79,17 +80,11 @@ def bilinear(x, size):
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def read_keys(path):
-    keys = {}
-    for line in path.read_text().splitlines():
-        name, shape = line.split("\t")
-        keys[name] = tuple(int(s) for s in shape.split(",")) if shape else ()
-    return keys
 
 
 def check_upstream_layout(reference_dir, name):
     model = build_model(vspw_cfg(name))
-    expected = read_keys(reference_dir / "mask2former_keys" / f"keys_{name}.txt")
+    expected = read_key_list(reference_dir / "mask2former_keys" / f"keys_{name}.txt")
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(ours) - set(expected)) == []
     assert sorted(set(expected) - set(ours)) == []

@@ -12,6 +12,7 @@ from vss import add_vss_config
 from vss.engine import setup_cfg
 from vss.modeling.backbone.mit import MIT_VARIANTS, EfficientSelfAttention, MiT
 from vss.modeling.segformer_head import SegFormerHead
+from conftest import read_key_list
 
 REPO = Path(__file__).resolve().parents[1]
 # Published widths and depths of MiT-B0..B5 (SegFormer).
@@ -47,15 +48,6 @@ def mit_cfg(variant="B0", **head):
     return cfg
 
 
-def read_keys(path, prefix):
-    keys = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, shape = line.split("\t")
-        if name.startswith(prefix):
-            keys[name[len(prefix):]] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
 
 
 def random_proj_loss(outputs):
@@ -71,7 +63,7 @@ def b1_shapes():
 # ---- backbone -------------------------------------------------------------------------
 
 def test_mit_b1_state_dict_equals_official_keys(reference_dir):
-    expected = read_keys(reference_dir / "tv3s_mitb1_keys.txt", "backbone.")
+    expected = read_key_list(reference_dir / "tv3s_mitb1_keys.txt", "backbone.")
     with torch.device("meta"):
         model = build_backbone(mit_cfg("B1"))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -180,7 +172,7 @@ def test_unknown_variant_is_named():
 # ---- SegFormer head -------------------------------------------------------------------
 
 def test_head_state_dict_matches_official_per_frame_parts(reference_dir):
-    official = read_keys(reference_dir / "tv3s_keys_b1.txt", "decode_head.")
+    official = read_key_list(reference_dir / "tv3s_keys_b1.txt", "decode_head.")
     head = SegFormerHead(b1_shapes(), num_classes=124, embed_dim=256, norm="BN")
     ours = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     per_frame = {k: v for k, v in official.items() if not k.startswith(("vs.", "linear_pred2.", "conv_seg."))}

@@ -9,7 +9,7 @@ from detectron2.structures import Instances
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import REPO
+from conftest import REPO, read_key_list
 from vss import add_vss_config
 from vss.engine import setup_cfg
 from vss.modeling import VideoSegmentor
@@ -434,10 +434,7 @@ def build_from(config, opts=()):
 
 def test_vspw_config_maps_the_flow_module_to_the_official_names(reference_dir):
     model = build_from("configs/vspw/mpvss/R50.yaml")
-    official = {}
-    for line in (reference_dir / "mpvss_flow_keys.txt").read_text().splitlines():
-        name, shape = line.split("\t")
-        official[f"temporal.flow.{name}"] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    official = {f"temporal.flow.{k}": v for k, v in read_key_list(reference_dir / "mpvss_flow_keys.txt").items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("temporal.flow.")}
     assert ours == official
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ from vss import add_vss_config
 from vss.modeling.mpvss import FLOW_TYPES, FlowEstimator, MotionDecoder, MotionEncoder
 from vss.modeling.mpvss.motion_decoder import crop_like
 from vss.modeling.mpvss.motion_encoder import ConvBlock
+from conftest import read_key_list
 
 # OFFICIAL_CODE_FACTS 1.2
 SUBMODULE_PARAMS = {
@@ -99,10 +100,7 @@ def numel(module):
 
 
 def test_state_dict_is_official(reference_dir):
-    expected = []
-    for line in (reference_dir / "mpvss_flow_keys.txt").read_text().splitlines():
-        name, shape = line.split("\t")
-        expected.append((name, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+    expected = list(read_key_list(reference_dir / "mpvss_flow_keys.txt").items())
     model = build_default()
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
     assert len(expected) == 165

@@ -17,6 +17,7 @@ from vss.modeling.mask2former.pixel_decoder import (
     MSDeformAttnTransformer,
 )
 from vss.modeling.mask2former.position_encoding import PositionEmbeddingSine
+from conftest import read_key_list
 
 PREFIX = "sem_seg_head.pixel_decoder."
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -364,13 +365,6 @@ def test_rejects_inconsistent_inputs():
 # ---------------------------------------------------------------- upstream names, shapes and weights
 
 
-def reference_subset(reference_dir, key_file):
-    entries = {}
-    for line in (reference_dir / "mask2former_keys" / key_file).read_text().splitlines():
-        name, shape = line.split("\t")
-        if name.startswith(PREFIX):
-            entries[name[len(PREFIX):]] = tuple(int(s) for s in shape.split(","))
-    return entries
 
 
 def vspw_cfg():
@@ -400,7 +394,7 @@ def test_names_and_shapes_match_upstream(key_file, channels, reference_dir):
     cfg = vspw_cfg()
     decoder = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME)(cfg, input_shapes(channels))
     ours = {name: tuple(t.shape) for name, t in decoder.state_dict().items()}
-    assert ours == reference_subset(reference_dir, key_file)
+    assert ours == read_key_list(reference_dir / "mask2former_keys" / key_file, PREFIX)
 
 
 def test_fixture_weights_load_and_config_builds_their_shapes(reference_dir):

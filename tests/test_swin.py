@@ -17,6 +17,8 @@ from vss.modeling.backbone.swin import (
     shifted_window_mask,
 )
 
+from conftest import read_key_list
+
 # Reference variants: (key list, EMBED_DIM, DEPTHS, NUM_HEADS, WINDOW_SIZE, PRETRAIN_IMG_SIZE).
 VARIANTS = {
     "t": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224),
@@ -56,11 +58,7 @@ def test_state_dict_matches_upstream_keys(variant, reference_dir):
                    PRETRAIN_IMG_SIZE=pretrain)
     with torch.device("meta"):  # shapes only: building Swin-L for real takes long
         model = BACKBONE_REGISTRY.get("D2SwinTransformer")(cfg, ShapeSpec(channels=3))
-    expected = {}
-    for line in (reference_dir / "mask2former_keys" / f"keys_swin{variant}.txt").read_text().splitlines():
-        name, shape = line.split("\t")
-        if name.startswith("backbone."):
-            expected[name[len("backbone."):]] = tuple(int(s) for s in shape.split(","))
+    expected = read_key_list(reference_dir / "mask2former_keys" / f"keys_swin{variant}.txt", "backbone.")
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(got) == sorted(expected)
     assert got == expected

@@ -3,7 +3,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """TV3S: the Mamba layer, the window partitions, the temporal head and exact streaming."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,20 +15,13 @@ from vss.modeling.tv3s import (
     merge, partition, window_groups,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, read_key_list
+
+
 MAMBA_PARAMS = {"in_proj.weight": 262_144, "conv1d.weight": 2_048, "conv1d.bias": 512, "x_proj.weight": 24_576,
                 "dt_proj.weight": 8_192, "dt_proj.bias": 512, "A_log": 8_192, "D": 512, "out_proj.weight": 131_072}
 
 
-def read_keys(path, prefix):
-    keys = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, shape = line.split("\t")
-        if name.startswith(prefix):
-            keys[name[len(prefix):]] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
 
 
 # ---- Mamba layer ----------------------------------------------------------------------
@@ -244,7 +236,7 @@ def test_stack_drop_path_rates_follow_the_release():
 
 
 def test_temporal_head_names_and_counts_equal_the_release(reference_dir):
-    official = read_keys(reference_dir / "tv3s_keys_b1.txt", "decode_head.")
+    official = read_key_list(reference_dir / "tv3s_keys_b1.txt", "decode_head.")
     with torch.device("meta"):
         head = StateSpaceSharing(num_classes=124)
     ours = {k: tuple(v.shape) for k, v in head.state_dict().items()}
