@@ -103,6 +103,22 @@ def test_chunk_boundaries(length):
     torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("length", [CHUNK_SIZE - 1, 2 * CHUNK_SIZE + 3])
+def test_inference_buffers_equal_the_autograd_path(length):
+    # without autograd the scan writes states over reused chunk buffers; with it, fresh tensors
+    args, kwargs = pick(scan_inputs(length=length, seed=3), OPTIONS)
+    with torch.no_grad():
+        y_buffered, final_buffered = selective_scan(*args, **kwargs, return_final_state=True)
+    leaf = args[0].clone().requires_grad_()
+    y, final = selective_scan(leaf, *args[1:], **kwargs, return_final_state=True)
+    assert y.requires_grad
+    torch.testing.assert_close(y_buffered, y.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final_buffered, final.detach(), rtol=1e-12, atol=1e-12)
+    # the returned state is not a view of a buffer that a later call could overwrite
+    selective_scan(*args, **kwargs)
+    torch.testing.assert_close(final_buffered, final.detach(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("split", [1, 5, CHUNK_SIZE, 23, 36])
 def test_split_scan_with_carried_state_equals_one_shot(split):
     inputs = scan_inputs()

@@ -12,6 +12,7 @@ from torch import nn
 
 from vss.engine import setup_cfg
 from vss.modeling.mask2former.ms_deform_attn import MSDeformAttn
+from vss.modeling.tv3s.scan import selective_scan_ref
 from vss.utils.flops import count_parameters, flop_analysis, video_flops, video_frames
 
 from conftest import REPO
@@ -228,3 +229,14 @@ def test_benchmark_cli_compares_two_configs():
     fps = [float(row[len(TINY):].split()[0]) for row in rows]
     ratio = re.search(r"speed ratio .+: ([0-9.]+)x frames/s", stdout)
     assert ratio and float(ratio.group(1)) == pytest.approx(fps[0] / fps[1], rel=0.02)
+
+
+def test_benchmark_scan_baselines_compute_the_scan():
+    # the timed loops must compute what the scan computes, or the speed-ups mean nothing
+    bench = load_tool("benchmark_scan")
+    inputs = bench.mamba_inputs(2, 8, 4, 37, "cpu", False)
+    y_ref, final_ref = selective_scan_ref(**inputs, delta_softplus=True, return_final_state=True)
+    y, final = bench.mamba_reference_loop(**inputs, delta_softplus=True, return_final_state=True)
+    assert y_ref.abs().max() > 0.1
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(final, final_ref, rtol=1e-5, atol=1e-6)

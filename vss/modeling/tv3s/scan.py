@@ -69,15 +69,18 @@ def selective_scan_torch(
 ):
     """`selective_scan` in pure PyTorch, on any device.
 
-    The recurrence itself is one fused multiply-add per token; everything else (decays, inputs)
-    is computed a chunk at a time. On CPU this beats the parallel-within-chunk forms: with a
-    decay per (channel, state) pair, Mamba-1 has no matmul structure inside a chunk, so
-    pairwise (segsum) decays cost about chunk/2 times more exps, and factoring them as
-    exp(cumsum) * exp(-cumsum) overflows; the sequential form does the least work and is exact.
+    The recurrence itself is one fused multiply-add per token; everything else (decays, inputs,
+    and at inference the output contraction) is computed a chunk at a time. On CPU this beats
+    the parallel forms: with a decay per (channel, state) pair, Mamba-1 has no matmul structure
+    inside a chunk, so pairwise (segsum) decays cost about chunk/2 times more exps, factoring
+    them as exp(cumsum) * exp(-cumsum) overflows, and a two-level scan (all chunks at once, then
+    across chunks) makes about twice the passes over the states; this form does the least work
+    and is exact.
     """
     _check_scan_args("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
     dtype = _compute_dtype(u)
-    batch, d_inner, _ = u.shape
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    batch, d_inner, length = u.shape
     u_c = u.to(dtype)
     delta = _effective_delta(delta.to(dtype), delta_bias, delta_softplus)
     # Time-major and contiguous, so that every token reads contiguous slices; the state is kept
@@ -92,17 +95,30 @@ def selective_scan_torch(
         h = u_c.new_zeros(batch, A.shape[1], d_inner)
     else:
         h = initial_state.to(dtype).transpose(1, 2).contiguous()
+    # Without autograd, chunks reuse two buffers (the states overwrite the decays in place; two,
+    # so that a chunk's last state survives the next chunk's decays): fresh multi-megabyte
+    # tensors per chunk cost more in page faults than the arithmetic.
+    reuse = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    if reuse:
+        buffers = [h.new_empty(CHUNK_SIZE, *h.shape) for _ in range(3)]
     ys = []
     # split/unbind rather than indexing: their backward is one cat/stack, not a zero-filled
     # full-size gradient per slice.
-    for steps_c, inputs_c, B_c, C_c in zip(
-        steps.split(CHUNK_SIZE), inputs.split(CHUNK_SIZE), B_t.split(CHUNK_SIZE), C_t.split(CHUNK_SIZE)
-    ):
-        decays = torch.exp2(steps_c.unsqueeze(2) * A2)  # (T, b, n, d)
-        drives = B_c * inputs_c.unsqueeze(2)  # (T, b, n, d)
-        for decay, drive, C_k in zip(decays.unbind(), drives.unbind(), C_c.unbind()):
-            h = torch.addcmul(drive, decay, h)
-            ys.append(torch.matmul(C_k, h))  # (b, 1, d)
+    chunks = zip(steps.split(CHUNK_SIZE), inputs.split(CHUNK_SIZE), B_t.split(CHUNK_SIZE), C_t.split(CHUNK_SIZE))
+    for i, (steps_c, inputs_c, B_c, C_c) in enumerate(chunks):
+        size = steps_c.shape[0]
+        decays, drives = (buffers[i % 2][:size], buffers[2][:size]) if reuse else (None, None)
+        decays = torch.exp2(torch.mul(steps_c.unsqueeze(2), A2, out=decays), out=decays)  # (T, b, n, d)
+        drives = torch.mul(B_c, inputs_c.unsqueeze(2), out=drives)  # (T, b, n, d)
+        if reuse:
+            for k in range(size):
+                h = torch.addcmul(drives[k], decays[k], h, out=decays[k])
+            ys.append(torch.matmul(C_c, decays).squeeze(2).transpose(0, 1))  # (b, T, d)
+        else:
+            # a product per token: backward through a stack of the chunk's states is ~3x slower
+            for decay, drive, C_k in zip(decays.unbind(), drives.unbind(), C_c.unbind()):
+                h = torch.addcmul(drive, decay, h)
+                ys.append(torch.matmul(C_k, h))  # (b, 1, d)
     y = torch.cat(ys, 1).transpose(1, 2)
     y = _gate(_add_skip(y, u_c, D), z).to(u.dtype)
     if return_final_state:
