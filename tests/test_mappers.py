@@ -345,7 +345,7 @@ def test_clip_offsets_reversal_and_clamping(small_video, caplog):
 
 def test_clip_offsets_must_end_with_target(small_video):
     _, _, videos = small_video
-    for offsets in ([-3, 0, 3], [0, -3, 0], []):
+    for offsets in ([-3, 0, 3], [0, -3, 0], [], [-3, -9, -6, 0], [-3, -3, 0]):
         with pytest.raises(ValueError, match="CLIP_OFFSETS"):
             kwargs_mapper(ClipMapper, [], videos=videos, offsets=offsets)
     with pytest.raises(ValueError, match="REVERSE_PROB"):

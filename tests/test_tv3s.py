@@ -217,6 +217,16 @@ def test_stack_streams_exactly_one_frame_at_a_time():
     assert [len(s) for s in states] == [1, 4, 1, 4]
 
 
+def test_stack_runs_in_the_dtype_it_is_cast_to():
+    vs = tiny_stack()
+    x = torch.randn(1, 3, 16, 4, 8)
+    with torch.no_grad():
+        y32, _ = vs(x)
+        y64, states = vs.double()(x.double())
+    assert y64.dtype == torch.float64 and states[0][0].ssm_state.dtype == torch.float64
+    assert (y64 - y32.double()).abs().max() <= 1e-4
+
+
 def test_stack_output_is_the_normalised_residual_stream():
     # With silent mixers every block adds nothing: the output is norm_f(x), no outer skip.
     vs = tiny_stack()

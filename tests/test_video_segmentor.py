@@ -81,6 +81,23 @@ def test_dropped_video_cannot_resume_and_order_is_checked():
     assert len(m.states) == 1
 
 
+def test_a_second_evaluation_replays_videos_from_their_start():
+    m = model(max_open=1)
+    first = run(m, frames("a", 3, 0))
+    run(m, frames("b", 2, 1))  # drops a, as a whole evaluation pass would
+    m.train()
+    m.eval()  # what detectron2's inference_on_dataset does before every evaluation
+    second = run(m, frames("a", 3, 0))
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    m.train()
+    assert len(m.states) == 0  # no state of an evaluation stays alive during training
+
+
+def test_images_must_have_the_normalisation_channels():
+    with pytest.raises(ValueError, match=r"expected \(3, H, W\) images.*\(1, 4, 5\)"):
+        model()([{"image": torch.zeros(1, 4, 5), "video_id": "a", "frame_idx": 0}])
+
+
 def test_training_calls_the_temporal_losses():
     m = model().train()
     losses = m(frames("a", 2, 0))

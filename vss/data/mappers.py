@@ -199,6 +199,15 @@ class PairMapper(_VideoMapper):
         return out
 
 
+def check_clip_offsets(offsets):
+    """INPUT.VIDEO.CLIP_OFFSETS as ints: frames in time order, the target (0) last."""
+    offsets = [int(o) for o in offsets]
+    if not offsets or offsets[-1] != 0 or any(a >= b for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"INPUT.VIDEO.CLIP_OFFSETS must increase strictly and end with the target frame's 0 "
+                         f"(the scan reads a clip in time order), got {offsets}")
+    return offsets
+
+
 class ClipMapper(_VideoMapper):
     """Frames t + offset for each of `offsets` (target offset 0 last).
 
@@ -211,10 +220,7 @@ class ClipMapper(_VideoMapper):
     @configurable
     def __init__(self, *, videos, offsets, reverse_prob=0.0, **kwargs):
         super().__init__(videos=videos, **kwargs)
-        offsets = [int(o) for o in offsets]
-        if not offsets or offsets[-1] != 0 or 0 in offsets[:-1]:
-            raise ValueError(f"INPUT.VIDEO.CLIP_OFFSETS must end with the target offset 0 and hold it once, "
-                             f"got {offsets}")
+        offsets = check_clip_offsets(offsets)
         if not 0.0 <= reverse_prob <= 1.0:
             raise ValueError(f"INPUT.VIDEO.REVERSE_PROB must be in [0, 1], got {reverse_prob}")
         self.offsets = offsets

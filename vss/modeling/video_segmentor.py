@@ -68,6 +68,9 @@ class VideoSegmentor(nn.Module):
                 if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
     def train(self, mode=True):
+        # Every mode change starts all videos afresh: an evaluation replays videos from their
+        # first frame, and states left by an earlier one belong to other weights.
+        self.reset()
         super().train(mode)
         for module in self._frozen_modules:
             module.eval()
@@ -93,6 +96,11 @@ class VideoSegmentor(nn.Module):
 
     def preprocess_image(self, images):
         """Normalise a list of (3, H, W) images and pad them (bottom/right, zeros) into a batch."""
+        channels = self.pixel_mean.shape[0]
+        for x in images:
+            if x.dim() != 3 or x.shape[0] != channels:
+                raise ValueError(f"expected ({channels}, H, W) images (MODEL.PIXEL_MEAN has {channels} "
+                                 f"values), got an image of shape {tuple(x.shape)}")
         images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.size_divisibility)
 

@@ -42,7 +42,8 @@ class VideoStates:
         if video_id in self._closed:
             raise ValueError(
                 f"video {video_id!r} came back after its state was dropped (more than "
-                f"MODEL.VIDEO.MAX_OPEN_VIDEOS={self.max_open} videos interleaved); raise that limit"
+                f"MODEL.VIDEO.MAX_OPEN_VIDEOS={self.max_open} videos interleaved); raise that limit, "
+                "or call reset() before replaying videos"
             )
         return None
 

@@ -29,6 +29,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from ...data.mappers import check_clip_offsets
 from ..backbone.swin import drop_path
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
 from .mamba import MambaBlock, RMSNorm
@@ -164,10 +165,7 @@ class StateSpaceSharing(nn.Module):
         super().__init__()
         if inference not in INFERENCE_MODES:
             raise ValueError(f"MODEL.TV3S.INFERENCE must be one of {INFERENCE_MODES}, got {inference!r}")
-        offsets = [int(o) for o in clip_offsets]
-        if inference == "clip" and (not offsets or offsets[-1] != 0 or any(o > 0 for o in offsets)):
-            raise ValueError(f"TV3S clip inference needs INPUT.VIDEO.CLIP_OFFSETS <= 0 ending with the current "
-                             f"frame's 0, got {offsets}")
+        offsets = check_clip_offsets(clip_offsets)
         self.vs = ShiftedWindowMamba(embed_dim, 2 * num_blocks, window_size, shift, d_state, d_conv, expand,
                                      drop_path)
         self.dropout = nn.Dropout2d(dropout)

@@ -128,11 +128,12 @@ class MambaBlock(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, hidden, residual=None, state=None):
-        """(hidden, residual, MambaState or None) -> (hidden, residual (float32), MambaState)."""
+        """(hidden, residual, MambaState or None) -> (hidden, residual (float32 or wider), MambaState)."""
         if residual is None:
             residual = hidden
         else:
             residual = residual + drop_path(hidden, self.drop_path, self.training)
-        residual = residual.float()
-        hidden, state = self.mixer(self.norm(residual), state)
+        # the residual stream stays in float32 at least; the norm's output takes the weights' dtype
+        residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
+        hidden, state = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), state)
         return hidden, residual, state
