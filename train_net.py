@@ -1,24 +1,43 @@
 #!/usr/bin/env python
 """Train or evaluate a vss model (per-frame Mask2Former, MPVSS, TV3S).
 
-    python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
-    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
-    python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
+    .venv/bin/python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
+    .venv/bin/python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    .venv/bin/python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
+
+Everything vss logs (dataset summaries, warnings, the per-class IoU table) goes to the
+console and to OUTPUT_DIR/log.txt with detectron2's own lines.
 """
+import os
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, setup_cfg
+from vss.engine import Trainer, check_weights, load_cfg, prepare_cfg
 
 
 def setup(args):
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = load_cfg(args.config_file, args.opts)
+    # Before anything else of vss logs, so that warnings about the config reach log.txt too.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vss")
+    prepare_cfg(cfg)
+    cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
+    # A resumed run reads its own last checkpoint, not MODEL.WEIGHTS.
+    if not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        check_weights(cfg, args.config_file, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

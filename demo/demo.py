@@ -9,18 +9,29 @@ to frame (MPVSS key frames, TV3S scan states) as in the evaluation.
 Outputs (at least one):
   --output-video OUT.mp4  the overlays as an mp4v video (fps: --fps, else the input
                           video's, else 15);
-  --output-dir DIR        DIR/overlay/<stem>.png, the colour overlay with class names
-                          (detectron2's Visualizer), and DIR/labels/<stem>.png, the
-                          predicted train ids + the dataset's label_offset as a uint8
-                          PNG (VSPW layout). <stem> is the frame file's name without
-                          extension, or the 6-digit frame index for a video file.
+  --output-dir DIR        DIR/labels/<video>/<stem>.png, the predicted train ids + the
+                          dataset's label_offset as a uint8 PNG: VSPW's result layout, as
+                          TEST.VSS.SAVE_PREDICTIONS writes it (DIR/labels is a result root for
+                          the official scripts), and DIR/overlay/<video>/<stem>.png, the
+                          colour overlay with class names (detectron2's Visualizer).
+                          <video> is a video file's name without extension, else the frames'
+                          folder (the one above it for VSPW's data/<video>/origin); <stem> is
+                          the frame file's name without extension, or the 6-digit frame index
+                          for a video file.
 
 Class names, colours and label_offset come from the metadata of DATASETS.TEST[0].
+Config overrides follow --opts as KEY VALUE pairs, up to the next option.
 
-  python demo/demo.py --config-file configs/synthetic/mask2former_tiny.yaml \\
+  .venv/bin/python demo/demo.py --config-file configs/synthetic/mask2former_tiny.yaml \\
       --input "datasets/synthetic_vss/data/val_0000/origin/*.jpg" --output-video out.mp4 \\
-      --opts MODEL.WEIGHTS output/synthetic/mask2former_tiny/model_final.pth
+      --opts MODEL.WEIGHTS output/quickstart/mask2former/model_final.pth
 """
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 import argparse
 import glob
 import itertools
@@ -32,10 +43,11 @@ import time
 import cv2
 import numpy as np
 import tqdm
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from vss.data.io import read_frame
-from vss.engine import VideoPredictor, setup_cfg
+from vss.engine import VideoPredictor, check_weights, setup_cfg
 from vss.modeling.mpvss.propagation import MaskPropagation
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,6 +111,9 @@ class FrameInput:
         total: the number of frames (a video's may be the container's estimate).
         fps: the input video's frame rate, None for image files.
         paths: the frame files in order, None for a video file.
+        video: the name of the video, the output folder of its PNGs: a video file's name
+            without extension, else the frames' folder, or the folder above it when that is
+            VSPW's `origin` (data/<video>/origin).
     """
 
     def __init__(self, spec):
@@ -108,7 +123,12 @@ class FrameInput:
             self.frames = _read_files(self.paths)
             self.total = len(self.paths)
             self.fps = None
+            folder = os.path.dirname(os.path.abspath(self.paths[0]))
+            if os.path.basename(folder) == "origin":
+                folder = os.path.dirname(folder)
+            self.video = os.path.basename(folder)
             return
+        self.video = os.path.splitext(os.path.basename(spec))[0]
         capture = cv2.VideoCapture(spec)
         if not capture.isOpened():
             raise DemoError(f"input {spec} cannot be opened as a video")
@@ -142,13 +162,18 @@ def _make_dir(path):
 
 
 class OutputWriter:
-    """Writes each frame's overlay (video and/or PNG) and label PNG."""
+    """Writes each frame's overlay (video and/or PNG) and label PNG.
 
-    def __init__(self, video_path=None, output_dir=None, fps=DEFAULT_FPS):
+    PNGs go to `output_dir`/overlay/`video`/ and `output_dir`/labels/`video`/.
+    """
+
+    def __init__(self, video_path=None, output_dir=None, fps=DEFAULT_FPS, video="video"):
         if video_path is None and output_dir is None:
             raise ValueError("OutputWriter needs a video path or an output folder")
         self.video_path = video_path
-        self.output_dir = output_dir
+        self.png_dirs = None if output_dir is None else {
+            kind: os.path.join(output_dir, kind, video) for kind in ("overlay", "labels")
+        }
         self.fps = fps
         self._video = None
         self._size = None
@@ -161,18 +186,17 @@ class OutputWriter:
                 open(video_path, "wb").close()
             except OSError as e:
                 raise DemoError(f"cannot write output video {video_path}: {e.strerror or e}") from None
-        if output_dir is not None:
-            _make_dir(os.path.join(output_dir, "overlay"))
-            _make_dir(os.path.join(output_dir, "labels"))
+        for folder in (self.png_dirs or {}).values():
+            _make_dir(folder)
 
     def write(self, name, overlay_rgb, labels=None):
         """Write frame `name`'s overlay (HxWx3 RGB uint8) and raw labels (HxW uint8)."""
         overlay_bgr = np.ascontiguousarray(overlay_rgb[:, :, ::-1])
         if self.video_path is not None:
             self._write_video_frame(name, overlay_bgr)
-        if self.output_dir is not None:
-            _write_png(os.path.join(self.output_dir, "overlay", f"{name}.png"), overlay_bgr)
-            _write_png(os.path.join(self.output_dir, "labels", f"{name}.png"), labels)
+        if self.png_dirs is not None:
+            _write_png(os.path.join(self.png_dirs["overlay"], f"{name}.png"), overlay_bgr)
+            _write_png(os.path.join(self.png_dirs["labels"], f"{name}.png"), labels)
 
     def _write_video_frame(self, name, frame):
         height, width = frame.shape[:2]
@@ -259,11 +283,14 @@ def build_parser():
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="a video file, a folder of frames or a quoted glob pattern of frame files")
     parser.add_argument("--output-video", metavar="FILE", help="write the overlays as an mp4v video here")
-    parser.add_argument("--output-dir", metavar="DIR", help="write overlay/<stem>.png and labels/<stem>.png here")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="write overlay/<video>/<stem>.png and labels/<video>/<stem>.png here")
     parser.add_argument("--fps", type=float, help=f"output video frame rate (default: the input video's, "
                                                    f"else {DEFAULT_FPS:g})")
     parser.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    # "*" and not REMAINDER: options after the overrides are still options.
+    parser.add_argument("--opts", default=[], nargs="*", metavar="KEY VALUE",
+                        help="config overrides, up to the next option")
     return parser
 
 
@@ -281,10 +308,14 @@ def main(argv=None):
         source = FrameInput(args.input)
         if args.output_dir is not None and source.paths is not None:
             _check_unique_stems(source.paths)
-        cfg = setup_cfg(args.config_file, args.opts)
-        if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
-            parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
-        writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS)
+        try:
+            cfg = setup_cfg(args.config_file, args.opts)
+            if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
+                parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
+            check_weights(cfg, args.config_file, training=False)
+        except (FileNotFoundError, ValueError) as e:  # the config's datasets or weights
+            raise DemoError(e) from None
+        writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
         predictor = VideoPredictor(cfg, half=args.half)
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
         metadata = _metadata_fields(predictor, dataset)
@@ -301,4 +332,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    setup_logger(name="vss")  # formatted warnings (e.g. the CPU fallback); not in main(), which tests call
     sys.exit(main())

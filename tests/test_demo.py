@@ -75,16 +75,20 @@ def _read_video(path):
     return frames, fps
 
 
-def _check_dir(out, names, frames, expected):
-    """Label PNGs equal the predictor's; overlays are the frames blended with the label colours."""
+def _check_dir(out, video, names, frames, expected):
+    """Label PNGs (VSPW's result layout: labels/<video>/<frame>.png) equal the predictor's;
+    overlays are the frames blended with the label colours."""
     colors = np.array(MetadataCatalog.get("synthetic_vss_val").stuff_colors, dtype=np.float64)
-    assert sorted(p.stem for p in (out / "labels").iterdir()) == names
-    assert sorted(p.stem for p in (out / "overlay").iterdir()) == names
+    assert [p.name for p in (out / "labels").iterdir()] == [video]
+    assert [p.name for p in (out / "overlay").iterdir()] == [video]
+    out_labels, out_overlay = out / "labels" / video, out / "overlay" / video
+    assert sorted(p.stem for p in out_labels.iterdir()) == names
+    assert sorted(p.stem for p in out_overlay.iterdir()) == names
     for name, frame, want in zip(names, frames, expected):
-        labels = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        labels = cv2.imread(str(out_labels / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert labels.dtype == np.uint8 and labels.shape == (HEIGHT, WIDTH)
         np.testing.assert_array_equal(labels, want)
-        overlay = cv2.imread(str(out / "overlay" / f"{name}.png"))[:, :, ::-1].astype(np.float64)
+        overlay = cv2.imread(str(out_overlay / f"{name}.png"))[:, :, ::-1].astype(np.float64)
         assert overlay.shape == (HEIGHT, WIDTH, 3)
         # draw_sem_seg blends each class's colour at alpha 0.8; edges and class names are
         # drawn over a few pixels only, so the median pixel follows the blend.
@@ -99,12 +103,13 @@ def test_folder_to_video_and_pngs(video, tmp_path, capsys):
                        weights, capsys)
     assert (count, keys) == (FRAMES, "n/a")  # a per-frame model has no key frames
     frames = [read_frame(p, "BGR") for p in paths]
-    _check_dir(out, [p.stem for p in paths], frames, _expected_labels(weights, frames))
+    # the frames of datasets' data/val_0000/origin: video "val_0000", as in VSPW
+    _check_dir(out, "val_0000", [p.stem for p in paths], frames, _expected_labels(weights, frames))
     written, fps = _read_video(out / "v.mp4")
     assert len(written) == FRAMES and written[0].shape == (HEIGHT, WIDTH, 3)
     assert fps == pytest.approx(demo.DEFAULT_FPS)
     # the video holds the overlays (up to mp4 compression)
-    overlay = cv2.imread(str(out / "overlay" / f"{paths[1].stem}.png")).astype(np.float64)
+    overlay = cv2.imread(str(out / "overlay" / "val_0000" / f"{paths[1].stem}.png")).astype(np.float64)
     assert np.abs(written[1] - overlay).mean() < 10
 
 
@@ -121,7 +126,8 @@ def test_glob_input(video, tmp_path, capsys):
     assert count == FRAMES and not (out / "v.mp4").exists()
     frames = [read_frame(p, "BGR") for p in paths]
     expected = dict(zip(names, _expected_labels(weights, frames)))
-    _check_dir(out, sorted(names), [frames[names.index(n)] for n in sorted(names)], [expected[n] for n in sorted(names)])
+    _check_dir(out, "frames", sorted(names), [frames[names.index(n)] for n in sorted(names)],
+               [expected[n] for n in sorted(names)])
 
 
 def test_frame_files_order(tmp_path):
@@ -146,7 +152,7 @@ def test_video_file_input(video, tmp_path, capsys):
     count, _ = _run(["--input", str(source), "--output-video", str(out / "v.mp4"), "--output-dir", str(out)],
                     weights, capsys)
     assert count == FRAMES
-    _check_dir(out, [f"{i:06d}" for i in range(FRAMES)], decoded, _expected_labels(weights, decoded))
+    _check_dir(out, "in", [f"{i:06d}" for i in range(FRAMES)], decoded, _expected_labels(weights, decoded))
     written, fps = _read_video(out / "v.mp4")
     assert len(written) == FRAMES and written[0].shape == (HEIGHT, WIDTH, 3)
     assert fps == pytest.approx(7)  # the input video's rate
@@ -161,9 +167,10 @@ def test_fps_option_and_image_file_input(video, tmp_path, capsys):
 
 
 def test_mpvss_counts_key_frames(video, tmp_path, capsys):
-    folder, _, _ = video
+    folder, _, weights = video
     config = str(REPO / "configs" / "synthetic" / "mpvss_copy.yaml")
-    counts = _run(["--input", str(folder), "--output-dir", str(tmp_path)], "", capsys, config,
+    # a per-frame checkpoint is what MPVSS Copy runs
+    counts = _run(["--input", str(folder), "--output-dir", str(tmp_path)], weights, capsys, config,
                   ["MODEL.MPVSS.KEY_INTERVAL", "3"])
     assert counts == (FRAMES, "2/4")  # frames 0 and 3
 
@@ -220,9 +227,9 @@ def test_input_errors(case, reason, video, tmp_path, capsys):
     (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"], "predicts 5 classes but DATASETS.TEST[0] ('synthetic_vss_val') has 8"),
 ])
 def test_metadata_errors(opts, reason, video, tmp_path, capsys):
-    folder, _, _ = video
+    folder, _, weights = video
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path),
-                            "--opts", "MODEL.WEIGHTS", "", *opts] + OPTS, capsys)
+                            "--opts", "MODEL.WEIGHTS", weights, *opts] + OPTS, capsys)
     assert code != 0 and reason in message
 
 
@@ -248,3 +255,28 @@ def test_usage_errors(video, tmp_path, capsys):
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path), "--half",
                             "--opts"] + OPTS, capsys)
     assert code == 2 and "--half needs a CUDA device" in message
+
+
+def test_opts_then_more_options(video, tmp_path, capsys):
+    # options after --opts's KEY VALUE pairs are options, not overrides
+    folder, paths, weights = video
+    out = tmp_path / "out"
+    argv = ["--config-file", CONFIG, "--input", str(folder), "--opts", "MODEL.WEIGHTS", weights, *OPTS,
+            "--output-dir", str(out), "--fps", "3"]
+    args = demo.build_parser().parse_args(argv)
+    assert args.opts == ["MODEL.WEIGHTS", weights, *OPTS] and args.output_dir == str(out) and args.fps == 3
+    assert demo.main(argv) == 0
+    assert sorted(p.name for p in (out / "labels" / "val_0000").iterdir()) == [f"{p.stem}.png" for p in paths]
+
+
+@pytest.mark.parametrize("weights, reason", [
+    ("", "MODEL.WEIGHTS is empty, so the model would have random weights: train it first with "
+         "`.venv/bin/python train_net.py --config-file {config}`"),
+    ("{tmp}/missing.pth", "MODEL.WEIGHTS {tmp}/missing.pth does not exist"),
+])
+def test_weights_errors(weights, reason, video, tmp_path, capsys):
+    folder, _, _ = video
+    code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path / "out"),
+                            "--opts", "MODEL.WEIGHTS", weights.format(tmp=tmp_path)] + OPTS, capsys)
+    assert code != 0 and reason.format(tmp=tmp_path, config=CONFIG) in message
+    assert not (tmp_path / "out").exists()  # nothing written before the check

@@ -134,6 +134,11 @@ def add_video_config(cfg):
     # Clip: probability of playing the video backwards (offsets negated).
     cfg.INPUT.VIDEO.REVERSE_PROB = 0.0
 
+    # Datasets in VSPW layout that setup (vss.engine.setup_cfg) registers, as [name, root, split]
+    # triples (root holds classes.json or classes.txt; see datasets/README.md); name them in
+    # DATASETS.TRAIN / DATASETS.TEST.
+    cfg.DATASETS.FOLDERS = []
+
     cfg.TEST.VSS = CN()
     # Window lengths of the video-consistency metric (mVC_n).
     cfg.TEST.VSS.VC_WINDOWS = [8, 16]

@@ -2,7 +2,7 @@
 import os
 
 from .cityscapes_video import load_cityscapes_video, register_all_cityscapes_video
-from .folder import read_class_file, register_video_folder
+from .folder import read_class_file, register_video_folder, register_video_folders
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_all_synthetic
 from .vspw import VSPW_CLASSES, load_vspw_layout, register_vspw_layout, register_all_vspw
 

@@ -36,7 +36,10 @@ def load_cityscapes_video(root, split):
     gt_root = os.path.join(root, "gtFine", split)
     for d in (seq_root, gt_root):
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"Cityscapes video folder {d} does not exist (see datasets/README.md)")
+            raise FileNotFoundError(
+                f"Cityscapes video folder {d} does not exist: download leftImg8bit_sequence_trainvaltest.zip "
+                f"and gtFine_trainvaltest.zip from the Cityscapes site, unzip both into {root}, then run "
+                "datasets/prepare_cityscapes_video.py (see datasets/README.md)")
     snippets = defaultdict(list)
     for city in sorted(os.listdir(seq_root)):
         for name in os.listdir(os.path.join(seq_root, city)):

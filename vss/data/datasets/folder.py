@@ -12,6 +12,7 @@ is 1) are ignored.
 import json
 import os
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.colormap import random_color
 
 from .vspw import register_vspw_layout
@@ -37,7 +38,8 @@ def read_class_file(root):
         colors = [tuple(int(v) for v in random_color(rgb=True, maximum=255)) for _ in names]
         offset = 1
     else:
-        raise FileNotFoundError(f"no class list in {root}: expected classes.json or classes.txt")
+        raise FileNotFoundError(f"no class list in {root}: expected classes.json or classes.txt "
+                                "(see datasets/README.md, 'Your own videos')")
     if not names:
         raise ValueError(f"the class list in {root} is empty")
     if offset not in (0, 1):
@@ -50,4 +52,27 @@ def read_class_file(root):
 def register_video_folder(name, root, split):
     """Register `<root>` (VSPW layout, split file `<root>/<split>.txt`) as dataset `name`."""
     names, colors, offset = read_class_file(root)
-    register_vspw_layout(name, root, split, names, colors, label_offset=offset)
+    register_vspw_layout(name, root, split, names, colors, label_offset=offset,
+                         how_to_get="see datasets/README.md, 'Your own videos'")
+
+
+def register_video_folders(entries):
+    """Register every [name, root, split] of DATASETS.FOLDERS with `register_video_folder`.
+
+    Setup runs once per process and per tool call, so an entry already registered with the
+    same root and split is left as it is; a name taken by another dataset is an error.
+    """
+    for entry in entries:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(v, str) for v in entry)):
+            raise ValueError(f"DATASETS.FOLDERS: expected [name, root, split] triples of strings, got {entry!r}")
+        name, root, split = entry
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("dataset_root"), meta.get("split")) == (root, split):
+                continue
+            raise ValueError(f"DATASETS.FOLDERS: dataset name {name!r} is already registered (root "
+                             f"{meta.get('dataset_root')!r}, split {meta.get('split')!r}); choose another name")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"DATASETS.FOLDERS: folder {root} of dataset {name!r} does not exist "
+                                    "(expected VSPW layout; see datasets/README.md, 'Your own videos')")
+        register_video_folder(name, root, split)

@@ -19,5 +19,8 @@ SYNTHETIC_DIRNAME = "synthetic_vss"
 
 def register_all_synthetic(datasets_root):
     root = os.path.join(datasets_root, SYNTHETIC_DIRNAME)
+    how_to_get = (f"generate it with `.venv/bin/python datasets/prepare_synthetic.py --root {root}` "
+                  "(seconds; see datasets/README.md)")
     for split in ("train", "val"):
-        register_vspw_layout(f"synthetic_vss_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS)
+        register_vspw_layout(f"synthetic_vss_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS,
+                             how_to_get=how_to_get)

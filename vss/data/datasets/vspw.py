@@ -28,16 +28,19 @@ def _read_classes():
 VSPW_CLASSES, VSPW_COLORS = _read_classes()
 
 
-def load_vspw_layout(root, split):
+def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
     """One record per frame of every video listed in `<root>/<split>.txt`.
 
     Frames are ordered by file name. A frame without a mask PNG is unlabelled
     (`sem_seg_file_name` None; logged per video). All frames of a video are taken to
     share the first frame's size; the mappers check it when they read a frame.
+    `how_to_get` ends the error for a missing dataset: where to get it.
     """
     split_file = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(split_file):
-        raise FileNotFoundError(f"split file {split_file} does not exist (expected one video id per line)")
+        found = "" if os.path.isdir(root) else f"; the folder {root} itself does not exist"
+        raise FileNotFoundError(f"split file {split_file} does not exist (expected one video id per line{found}): "
+                                f"{how_to_get}")
     with open(split_file) as f:
         videos = [line.strip() for line in f if line.strip()]
     if not videos:
@@ -78,9 +81,10 @@ def load_vspw_layout(root, split):
     return records
 
 
-def register_vspw_layout(name, root, split, classes, colors, label_offset=1, **extra_meta):
-    """Register a dataset in VSPW layout under `name`."""
-    DatasetCatalog.register(name, lambda: load_vspw_layout(root, split))
+def register_vspw_layout(name, root, split, classes, colors, label_offset=1, how_to_get="see datasets/README.md",
+                         **extra_meta):
+    """Register a dataset in VSPW layout under `name` (`how_to_get`: as for `load_vspw_layout`)."""
+    DatasetCatalog.register(name, lambda: load_vspw_layout(root, split, how_to_get))
     MetadataCatalog.get(name).set(
         stuff_classes=list(classes),
         stuff_colors=[list(c) for c in colors],
@@ -95,5 +99,7 @@ def register_vspw_layout(name, root, split, classes, colors, label_offset=1, **e
 
 def register_all_vspw(datasets_root):
     root = os.path.join(datasets_root, "VSPW_480p")
+    how_to_get = (f"download VSPW_480p from the VSPW site and unpack it as {root} "
+                  "($DETECTRON2_DATASETS/VSPW_480p; see datasets/README.md)")
     for split in ("train", "val", "test"):
-        register_vspw_layout(f"vspw_{split}", root, split, VSPW_CLASSES, VSPW_COLORS)
+        register_vspw_layout(f"vspw_{split}", root, split, VSPW_CLASSES, VSPW_COLORS, how_to_get=how_to_get)
