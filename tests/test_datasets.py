@@ -12,7 +12,11 @@ import vss  # noqa: F401  (registers the built-in datasets)
 from vss.data.datasets import (
     load_cityscapes_video,
     load_vspw_layout,
+    register_all_cityscapes_video,
+    register_all_synthetic,
+    register_all_vspw,
     register_video_folder,
+    register_video_folders,
     register_vspw_layout,
 )
 from vss.data.io import read_frame, read_label
@@ -182,3 +186,64 @@ def test_cityscapes_without_train_ids_is_explained(tmp_path):
         tmp_path / "leftImg8bit_sequence" / "val" / "ulm" / "ulm_000000_000000_leftImg8bit.png")
     with pytest.raises(ValueError, match="prepare_cityscapes_video.py"):
         load_cityscapes_video(str(tmp_path), "val")
+
+
+@pytest.fixture
+def builtins_under(tmp_path):
+    """Re-registers the built-in datasets under an empty $DETECTRON2_DATASETS, then back."""
+    registrations = [(register_all_vspw, "vspw", ("train", "val", "test")),
+                     (register_all_cityscapes_video, "cityscapes_video", ("train", "val")),
+                     (register_all_synthetic, "synthetic_vss", ("train", "val"))]
+    original = os.path.dirname(MetadataCatalog.get("vspw_val").dataset_root)
+
+    def register(root):
+        for register_all, prefix, splits in registrations:
+            for split in splits:
+                DatasetCatalog.remove(f"{prefix}_{split}")
+                MetadataCatalog.remove(f"{prefix}_{split}")
+            register_all(root)
+
+    register(str(tmp_path / "nowhere"))
+    yield str(tmp_path / "nowhere")
+    register(original)
+
+
+@pytest.mark.parametrize("name, advice", [
+    ("vspw_val", "download VSPW_480p from the VSPW site and unpack it as {root}/VSPW_480p"),
+    ("synthetic_vss_train", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --root "
+                            "{root}/synthetic_vss`"),
+    ("cityscapes_video_val", "download leftImg8bit_sequence_trainvaltest.zip and gtFine_trainvaltest.zip from "
+                             "the Cityscapes site, unzip both into {root}/cityscapes"),
+])
+def test_missing_builtin_dataset_says_where_to_get_it(name, advice, builtins_under):
+    with pytest.raises(FileNotFoundError) as e:
+        DatasetCatalog.get(name)
+    message = str(e.value)
+    assert builtins_under in message and advice.format(root=builtins_under) in message
+    assert "see datasets/README.md" in message
+
+
+def test_missing_folder_dataset_points_to_the_readme(tmp_path):
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    name = unique("folder")
+    register_video_folder(name, str(tmp_path), "val")
+    with pytest.raises(FileNotFoundError, match=r"val.txt does not exist .*datasets/README.md, 'Your own videos'"):
+        DatasetCatalog.get(name)
+
+
+def test_register_video_folders(tmp_path):
+    write_vspw(tmp_path, {"v1": 2})
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    name = unique("folders")
+    register_video_folders([[name, str(tmp_path), "val"]])
+    assert len(DatasetCatalog.get(name)) == 2 and MetadataCatalog.get(name).stuff_classes == ["a", "b", "c"]
+    register_video_folders([(name, str(tmp_path), "val")])  # the same entry again: nothing to do
+    with pytest.raises(ValueError, match=f"name '{name}' is already registered .*choose another name"):
+        register_video_folders([[name, str(tmp_path), "train"]])
+    with pytest.raises(ValueError, match="name 'vspw_val' is already registered"):
+        register_video_folders([["vspw_val", str(tmp_path), "val"]])
+    with pytest.raises(ValueError, match=r"expected \[name, root, split\] triples of strings, got \['x', 'y'\]"):
+        register_video_folders([["x", "y"]])
+    with pytest.raises(FileNotFoundError, match=f"folder {tmp_path}/missing of dataset 'other' does not exist"):
+        register_video_folders([["other", str(tmp_path / "missing"), "val"]])
+    assert "other" not in DatasetCatalog.list()

@@ -1,13 +1,16 @@
 """Config machinery and optimizer construction."""
+import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vss.config import add_vss_config
+from vss.data.datasets import SYNTHETIC_CLASSES
+from vss.data.synthetic import generate
 from conftest import REPO
-from vss.engine import build_optimizer, setup_cfg
+from vss.engine import build_optimizer, check_weights, setup_cfg
 
-
-
+SYNTHETIC = "configs/synthetic"
 
 def test_upstream_yaml_loads_unchanged(reference_dir):
     # Every key of an upstream Mask2Former config must already exist.
@@ -94,3 +97,69 @@ def test_full_model_clipping_limits_global_norm():
     # lr 1 and plain SGD: the update is the clipped gradient, whose global norm is 0.5.
     step = torch.cat([(b - a).flatten() for a, b in zip(after, before)])
     assert torch.isclose(step.norm(), torch.tensor(0.5), atol=1e-5)
+
+
+def test_setup_registers_dataset_folders(tmp_path):
+    generate(tmp_path, train_videos=1, val_videos=1, frames=2, height=32, width=32)  # writes classes.json too
+    entries = [["engine_folder_train", str(tmp_path), "train"], ["engine_folder_val", str(tmp_path), "val"]]
+    opts = ["DATASETS.FOLDERS", str(entries), "DATASETS.TEST", "('engine_folder_val',)"]
+    for _ in range(2):  # tools set up several configs in one process
+        cfg = setup_cfg(str(REPO / SYNTHETIC / "mask2former_tiny.yaml"), opts)
+    assert cfg.DATASETS.FOLDERS == entries
+    assert [r["video_id"] for r in DatasetCatalog.get("engine_folder_val")] == ["val_0000"] * 2
+    assert MetadataCatalog.get("engine_folder_train").stuff_classes == SYNTHETIC_CLASSES
+
+
+def _weights_error(config, opts=(), training=True):
+    """check_weights' error for a repository config (paths relative to the repository, as documented)."""
+    cfg = setup_cfg(str(REPO / config), list(opts))
+    with pytest.raises((FileNotFoundError, ValueError)) as e:
+        check_weights(cfg, str(REPO / config), training)
+    return str(e.value).replace(f"{REPO}/", "")
+
+
+@pytest.fixture
+def in_repo(monkeypatch, tmp_path):
+    # configs name their OUTPUT_DIR relative to where one runs: the repository, with no output/ here
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_mpvss_weights_name_the_per_frame_model_to_train_first(in_repo):
+    train_first = ("MPVSS starts from a trained per-frame Mask2Former: train it first with `.venv/bin/python "
+                   "train_net.py --config-file configs/synthetic/mask2former_tiny.yaml`, then pass MODEL.WEIGHTS "
+                   "output/synthetic/mask2former_tiny/model_final.pth")
+    # the config's own MODEL.WEIGHTS, for training and for evaluating Copy
+    for config, training in [("mpvss_query_flow.yaml", True), ("mpvss_copy.yaml", False)]:
+        message = _weights_error(f"{SYNTHETIC}/{config}", training=training)
+        assert message.startswith("MODEL.WEIGHTS output/synthetic/mask2former_tiny/model_final.pth does not exist")
+        assert train_first in message
+    message = _weights_error(f"{SYNTHETIC}/mpvss_query_flow.yaml", ["MODEL.WEIGHTS", ""])
+    assert message.startswith("MODEL.WEIGHTS is empty but configs/synthetic/mpvss_query_flow.yaml trains only")
+    assert train_first in message
+    message = _weights_error("configs/vspw/mpvss/R50.yaml")
+    assert ("train it first with `.venv/bin/python train_net.py --config-file configs/vspw/mask2former/R50.yaml`"
+            in message)
+    # training everything from scratch is allowed
+    cfg = setup_cfg(str(REPO / "configs/vspw/mpvss/R50.yaml"), ["MODEL.VIDEO.TRAINABLE", "[]"])
+    check_weights(cfg, str(REPO / "configs/vspw/mpvss/R50.yaml"), training=True)
+
+
+def test_evaluation_weights(in_repo):
+    # a missing checkpoint of the config's own output: train that config
+    message = _weights_error(f"{SYNTHETIC}/mpvss_query_flow.yaml",
+                             ["MODEL.WEIGHTS", "output/synthetic/mpvss_query_flow/model_final.pth"], training=False)
+    assert message == ("MODEL.WEIGHTS output/synthetic/mpvss_query_flow/model_final.pth does not exist: train "
+                       "configs/synthetic/mpvss_query_flow.yaml first: `.venv/bin/python train_net.py --config-file "
+                       "configs/synthetic/mpvss_query_flow.yaml` writes it")
+    message = _weights_error(f"{SYNTHETIC}/tv3s_tiny.yaml", training=False)
+    assert message == ("MODEL.WEIGHTS is empty, so the model would have random weights: train it first with "
+                       "`.venv/bin/python train_net.py --config-file configs/synthetic/tv3s_tiny.yaml`, then pass "
+                       "MODEL.WEIGHTS output/synthetic/tv3s_tiny/model_final.pth")
+    message = _weights_error("configs/vspw/tv3s/MiT-B1.yaml", ["MODEL.WEIGHTS", "output/pretrained/mit_b1.pkl"])
+    assert "TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder`" in message
+    # TV3S from scratch (the synthetic config) trains; an existing file always passes
+    config = str(REPO / SYNTHETIC / "tv3s_tiny.yaml")
+    check_weights(setup_cfg(config), config, training=True)
+    (in_repo / "w.pth").write_bytes(b"")
+    check_weights(setup_cfg(config, ["MODEL.WEIGHTS", "w.pth"]), config, training=False)

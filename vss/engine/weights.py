@@ -20,7 +20,7 @@ def _config_chain(config_file):
         chain.append(config_file)
         with open(config_file) as f:
             base = (yaml.safe_load(f) or {}).get("_BASE_")
-        config_file = os.path.join(os.path.dirname(config_file), base) if base else None
+        config_file = os.path.normpath(os.path.join(os.path.dirname(config_file), base)) if base else None
     return chain
 
 
