@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.vss-installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 
@@ -10,8 +10,9 @@ $(STAMP): setup.py tools/install.sh tools/build_detectron2.py
 	bash tools/install.sh
 	touch $(STAMP)
 
+# `make demo OUT=dir` writes the models, table, video and plot to dir (default output/quickstart).
 demo: $(STAMP)
-	$(PY) tools/quickstart.py
+	$(PY) tools/quickstart.py $(if $(OUT),--output "$(OUT)")
 
 # The whole suite (slow tests included), as CI runs it.
 test: $(STAMP)

@@ -6,6 +6,12 @@
 The default root is `$DETECTRON2_DATASETS/synthetic_vss`, where the registered datasets
 look. Rerunning with the same options does nothing; other options need --overwrite.
 """
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 import argparse
 import os
 import sys

@@ -13,6 +13,12 @@ each a sequence of 4 frames x 400 tokens; d_inner 512, d_state 16. Times are the
 
     python tools/benchmark_scan.py [--batch 9 --length 1600 --backward --threads 2]
 """
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 import argparse
 import math
 import time

@@ -31,6 +31,12 @@ detectron2 0.6 would take the file for a Caffe2 one and rename keys heuristicall
   python tools/convert_tv3s.py --encoder --config-file configs/vspw/tv3s/MiT-B1.yaml \\
       mit_b1.pth output/mit_b1_imagenet.pkl
 """
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 import argparse
 import os
 import pickle

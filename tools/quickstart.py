@@ -11,6 +11,12 @@
 5. evaluates MPVSS and its Copy variant at key-frame intervals K = 2, 5, 10 and plots mIoU and
    the tiny model's GFLOPs per frame against K (tools/plot_keyframe_tradeoff.py).
 """
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 import argparse
 import json
 import os

@@ -1,0 +1,58 @@
+"""The commands a user types: make targets and the scripts' start-up output."""
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+ENTRY_POINTS = ["train_net.py", "demo/demo.py", "tools/quickstart.py", "tools/convert_tv3s.py",
+                "tools/benchmark_scan.py", "datasets/prepare_synthetic.py"]
+JIT_WARNING = "`torch.jit.script` is deprecated"
+
+
+def _python(args, cwd=REPO):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_passes_out_to_the_quickstart(tmp_path):
+    def quickstart_line(*variables):
+        # -n prints the commands without running them (the installer's too, when .venv is missing)
+        run = subprocess.run(["make", "-n", "demo", *variables], cwd=REPO, capture_output=True, text=True, check=True)
+        return [line for line in run.stdout.splitlines() if "tools/quickstart.py" in line]
+
+    assert quickstart_line(f"OUT={tmp_path}/my run") == [f'.venv/bin/python tools/quickstart.py --output "{tmp_path}/my run"']
+    assert [line.strip() for line in quickstart_line()] == [".venv/bin/python tools/quickstart.py"]
+
+
+def _filters_before_imports(path):
+    """Whether the module filters the jit warning before it imports anything that imports torch."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            call = node.value
+            if ast.unparse(call.func) == "warnings.filterwarnings" and JIT_WARNING in ast.unparse(call):
+                return True
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(name.split(".")[0] not in sys.stdlib_module_names for name in names):
+                return False
+    return False
+
+
+def test_entry_points_filter_the_fvcore_jit_warning_first():
+    assert [p for p in ENTRY_POINTS if not _filters_before_imports(REPO / p)] == []
+
+
+@pytest.mark.slow
+def test_help_prints_no_jit_warning():
+    # The warning is real in this environment (else there is nothing to filter and no test).
+    if JIT_WARNING not in _python(["-c", "import vss"]).stderr:
+        pytest.skip("this torch does not deprecate torch.jit.script")
+    run = _python(["demo/demo.py", "--help"])
+    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr[-2000:]
+    assert JIT_WARNING not in run.stderr
