@@ -1,7 +1,7 @@
 """Generate the synthetic video dataset (registered as synthetic_vss_{train,val}).
 
-    python datasets/prepare_synthetic.py                # ./datasets/synthetic_vss, seconds
-    python datasets/prepare_synthetic.py --frames 40 --height 240 --width 320 --overwrite
+    .venv/bin/python datasets/prepare_synthetic.py                # ./datasets/synthetic_vss, seconds
+    .venv/bin/python datasets/prepare_synthetic.py --frames 40 --height 240 --width 320 --overwrite
 
 The default root is `$DETECTRON2_DATASETS/synthetic_vss`, where the registered datasets
 look. Rerunning with the same options does nothing; other options need --overwrite.

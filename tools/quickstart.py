@@ -85,7 +85,8 @@ def tiny_gflops(path, weights, opts=()):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"))
+    parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"),
+                        help="folder of the models, results, video and plot (`make demo OUT=...`)")
     args = parser.parse_args()
     setup_logger(name="vss")
     setup_logger()

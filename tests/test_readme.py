@@ -1,0 +1,156 @@
+"""The READMEs' example commands run as written after `make demo`.
+
+Every shell command of the READMEs' code blocks and every Python block is an example. Those this
+machine can run are run, in README order, in a scratch folder laid out as a clone after
+`make demo` (the quickstart's checkpoints, the synthetic set), with tiny settings appended: a
+smaller synthetic set and 2 training iterations. They run in one separate process (this file
+run as a script), so the libraries are imported once.
+"""
+import json
+import os
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+READMES = ["README.md", "projects/MPVSS/README.md", "projects/TV3S/README.md", "datasets/README.md"]
+_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:\S*/)?python3? ")
+# Why an example cannot run here; the first matching rule applies.
+NOT_HERE = [
+    (re.compile(r"(?<![\w.])(CONFIG|KEY VALUE)\b|path/to/|(?<![\w.])/data/"),
+     "a template with placeholders or the user's own data"),
+    (re.compile(r"--num-gpus"), "needs several GPUs"),
+    (re.compile(r"configs/(vspw|cityscapes)/|prepare_cityscapes_video"), "needs VSPW or Cityscapes, or full-size models"),
+    (re.compile(r"tools/(analyze_model|benchmark\w*)\.py"), "a timing tool (tests/test_tools.py runs it)"),
+]
+# Tiny settings appended to a script's arguments (later options and overrides win).
+SYNTHETIC = ["--train-videos", "1", "--val-videos", "1", "--frames", "10"]
+TRAIN = ["SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0"]
+QUICKSTART = {"mask2former": "mask2former_tiny.yaml", "mpvss": "mpvss_query_flow.yaml", "tv3s": "tv3s_tiny.yaml"}
+
+
+def examples(path):
+    """[(line number, "shell" or "python", text)] of one README, in order."""
+    lines = Path(path).read_text().splitlines()
+    found, fence, index = [], None, 0
+    while index < len(lines):
+        line = lines[index]
+        if line.lstrip().startswith("```"):
+            if fence is None:
+                fence = (line.strip()[3:], index + 1, [])
+            else:
+                if fence[0] == "python":
+                    found.append((fence[1], "python", "\n".join(fence[2])))
+                fence = None
+        elif fence is not None:
+            fence[2].append(line)
+        elif line.startswith("    ") and _COMMAND.match(line.strip()):
+            start, text = index + 1, line.strip()
+            while text.endswith("\\"):
+                index += 1
+                text = text[:-1].rstrip() + " " + lines[index].strip()
+            found.append((start, "shell", text))
+        index += 1
+    return found
+
+
+def not_here(text):
+    """Why an example cannot run on this machine, or None."""
+    return next((reason for rule, reason in NOT_HERE if rule.search(text)), None)
+
+
+def all_examples():
+    return [(readme, line, kind, text) for readme in READMES for line, kind, text in examples(REPO / readme)]
+
+
+def test_examples_use_the_venv_python():
+    bare = [(readme, line, text) for readme, line, kind, text in all_examples()
+            if kind == "shell" and not re.search(r"(^| )\.venv/bin/python ", text)]
+    assert bare == []
+
+
+def test_examples_are_found_and_mostly_run():
+    runnable = [(readme, text) for readme, _, _, text in all_examples() if not_here(text) is None]
+    # the README's own examples, and each project's synthetic reproduction, are among them
+    texts = [text for _, text in runnable]
+    assert any(t.startswith(".venv/bin/python demo/demo.py") for t in texts)
+    assert any("VideoPredictor(cfg)" in t for t in texts)
+    assert any("DATASETS.FOLDERS" in t for t in texts)
+    assert {readme for readme, _ in runnable} == set(READMES)
+    assert not_here(".venv/bin/python train_net.py --config-file CONFIG --resume")
+    assert not_here(".venv/bin/python train_net.py --config-file configs/synthetic/tv3s_tiny.yaml "
+                    "MODEL.TV3S.INFERENCE clip") is None
+
+
+@pytest.mark.slow
+def test_readme_examples_run_after_make_demo(tmp_path):
+    for name in ["configs", "demo", "tools", "train_net.py"]:
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "datasets").mkdir()
+    for script in (REPO / "datasets").glob("*.py"):
+        (tmp_path / "datasets" / script.name).symlink_to(script)
+    todo = [(f"{readme}:{line}", kind, text) for readme, line, kind, text in all_examples() if not_here(text) is None]
+    (tmp_path / "examples.json").write_text(json.dumps(todo))
+    env = {k: v for k, v in os.environ.items() if k != "DETECTRON2_DATASETS"}
+    run = subprocess.run([sys.executable, str(Path(__file__)), str(tmp_path / "examples.json")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=1500,
+                         env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert re.findall(r"^example ok: (\S+)$", run.stdout, re.M) == [where for where, _, _ in todo]
+    # what the examples promise is there
+    assert len(list((tmp_path / "output" / "demo" / "labels" / "val_0000").glob("*.png"))) == 10
+    assert (tmp_path / "output" / "demo.mp4").stat().st_size > 0
+    assert "Per-class IoU on my_videos_val" in (tmp_path / "output" / "eval" / "my_videos" / "log.txt").read_text()
+
+
+def _after_make_demo():
+    """The state `make demo` leaves, at the tiny size: the synthetic set, and the quickstart's
+    checkpoints (random weights: these examples check that commands run, not accuracy)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from vss.data.synthetic import generate
+    from vss.engine import Trainer, setup_cfg
+
+    generate("datasets/synthetic_vss", train_videos=1, val_videos=1, frames=10)
+    for folder, config in QUICKSTART.items():
+        model = Trainer.build_model(setup_cfg(f"configs/synthetic/{config}", ["MODEL.WEIGHTS", ""]))
+        os.makedirs(f"output/quickstart/{folder}")
+        DetectionCheckpointer(model, save_dir=f"output/quickstart/{folder}").save("model_final")
+
+
+def _run_shell(text):
+    words = shlex.split(text, comments=True)
+    while "=" in words[0]:  # VAR=value in front of the command
+        key, value = words.pop(0).split("=", 1)
+        os.environ[key] = value
+    script, args = words[1], words[2:]
+    if script == "datasets/prepare_synthetic.py":
+        args += SYNTHETIC
+    elif script == "train_net.py" and "--eval-only" not in args:
+        args += TRAIN
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise RuntimeError(f"{text} exited with {e.code}") from None
+
+
+def _main(todo_file):
+    _after_make_demo()
+    for where, kind, text in json.loads(Path(todo_file).read_text()):
+        print(f"example: {where}: {text}", flush=True)
+        if kind == "python":
+            exec(compile(text, where, "exec"), {"__name__": "__readme__"})
+        else:
+            _run_shell(text)
+        print(f"example ok: {where}", flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
