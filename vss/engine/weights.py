@@ -79,12 +79,10 @@ def check_weights(cfg, config_file, training):
                              "(or set MODEL.VIDEO.TRAINABLE \"[]\" to train everything from scratch)")
         return
     producer = _producer(weights, chain)
-    if producer is not None and producer != config_file and model == "MPVSS":
+    if model == "MPVSS" and producer != config_file:  # MPVSS's own checkpoint aside, it is the per-frame one
         hint = _mpvss_hint(chain)
     elif producer is not None:
         hint = f"train {producer} first: `{TRAIN} {producer}` writes it"
-    elif model == "MPVSS":
-        hint = _mpvss_hint(chain)
     elif model == "TV3S":
         hint = ("TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder` "
                 "or from a TV3S checkpoint (see projects/TV3S/README.md)")
