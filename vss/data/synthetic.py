@@ -11,6 +11,10 @@ Every layer (the background canvas, each object) only translates by whole pixels
 generator knows the exact flow between any two frames: `ground_truth_flow` reads it back
 from the layer maps and positions written beside the frames.
 
+Video effects (`vss.data.video_effects`: faster and varied motion, motion blur, occluders,
+flicker, noise, compression) are drawn per video and per frame from generators spawned from
+the video's own, so the clean videos are the same with or without them.
+
 Written in VSPW layout (see `vss.data.datasets.vspw`) with raw label = train id + 1.
 """
 import json
@@ -499,7 +503,7 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     (summary["generated"] is False). A different or missing spec in a non-empty `root`
     is an error unless `overwrite`; overwriting only deletes what the generator wrote.
     The output of an older generator version is replaced. Video i of a split depends only
-    on (seed, split, i) and the frame size/count.
+    on (seed, split, i), the frame size/count and the effects.
     """
     spec = _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files)
     root = os.fspath(root)

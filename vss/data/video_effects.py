@@ -9,9 +9,9 @@ Strengths (0 or the clean value turns an effect off):
   180-degree shutter); each frame draws its exposure in [0.5, 1] times this and integrates every
   layer's motion over it (blur along each layer's own motion, mixed at its edges);
 - occlusions: expected number of occluder passes per 20 frames: a pillar (class wall) or a
-  person close to the camera sweeps across the frame in 3 to 8 frames, about one pillar in
-  three wider than the frame (a brief full occlusion); occluders are objects of their class,
-  in the labels and the flow like every other layer;
+  person close to the camera sweeps across the frame in 3 to 8 frames; about one occluder in
+  three is a pillar wider than the frame (a brief full occlusion). Occluders are objects of
+  their class, in the labels and the flow like every other layer, so labels stay truthful;
 - flicker: illumination changing from frame to frame: a global gain in 1 +- flicker and a light
   gradient across the frame of up to half that;
 - noise: the largest extra sensor-noise standard deviation (0-255 units), drawn per video and
