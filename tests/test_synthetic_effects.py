@@ -144,6 +144,8 @@ def test_effects_set_registered_and_written_by_the_cli(tmp_path, monkeypatch, ca
         written = json.load(f)
     assert written["effects"] == {**PRESETS["effects"], "noise": 3.0} and written["flow_files"]
     assert os.path.isfile(tmp_path / "synthetic_vss_fx" / "data" / "val_0000" / "flow" / "00000002.flo")
+    cli.main(args + ["--effects", "effects", "--noise", "3", "--flow-files"])
+    assert "nothing to do" in capsys.readouterr().out
     cli.main(args)  # clean: its own folder
     assert (tmp_path / "synthetic_vss" / "spec.json").is_file()
     with pytest.raises(SystemExit, match=r"synthetic effects: motion_blur must be a number"):
