@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from detectron2.engine import DefaultTrainer
 
 from vss.data.synthetic import generate
 from vss.data.train_loader import ResumableTrainLoader
-from vss.engine.trainer import rng_states, set_rng_states
+from vss.engine.trainer import Trainer, rng_states, set_rng_states
 
 from conftest import REPO
 
@@ -82,6 +83,19 @@ def test_rng_states_survive_a_weights_only_load(tmp_path):
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     set_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True))
     assert (random.random(), float(np.random.rand()), np.random.randn(), float(torch.rand(()))) == expected
+
+
+def test_evaluation_during_training_leaves_the_training_rngs_alone(monkeypatch):
+    def evaluate(cls, cfg, model, evaluators=None):  # as a test loader's workers and dropout would
+        random.random(), np.random.rand(), torch.rand(3)
+        return {"sem_seg": {"mIoU": 50.0}}
+
+    monkeypatch.setattr(DefaultTrainer, "test", classmethod(evaluate))
+    states = rng_states()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    set_rng_states(states)
+    assert Trainer.test(None, None) == {"sem_seg": {"mIoU": 50.0}}
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
 
 
 # --- train_net.py, interrupted and resumed ---------------------------------------------------

@@ -155,8 +155,9 @@ class VSSCheckpointer(DetectionCheckpointer):
         shapes = incompatible.incorrect_shapes
         name = type(getattr(self.model, "module", self.model)).__name__
         if missing or unexpected or shapes:
+            # every missing weight is listed then, the declared ones included: the load failed
             lines = [f"checkpoint {self._loading} does not fit the model ({name}):",
-                     *mismatch_report(missing, unexpected, shapes)]
+                     *mismatch_report(incompatible.missing_keys, unexpected, shapes)]
             if not self.allow_partial:
                 lines.append("Is it the checkpoint of another model or config? To load only what fits, "
                              "set MODEL.WEIGHTS_ALLOW_PARTIAL True.")

@@ -108,6 +108,16 @@ class Trainer(DefaultTrainer):
             self._rng_to_restore = None
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # An evaluation during training (TEST.EVAL_PERIOD) must not move the training RNGs: a run
+        # resumed from the checkpoint written just before it does not replay it.
+        states = rng_states()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            set_rng_states(states)
+
+    @classmethod
     def build_train_loader(cls, cfg):
         return build_video_train_loader(cfg)
 
