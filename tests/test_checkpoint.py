@@ -142,7 +142,7 @@ def test_checkpoint_of_another_model_fails_with_a_short_grouped_list(mpvss, tmp_
     assert message.startswith(f"checkpoint {path} does not fit the model (VideoSegmentor):")
     assert "backbone.layers.*" in message and "backbone.patch_embed1.*" in message
     assert "MODEL.WEIGHTS_ALLOW_PARTIAL" in message
-    assert len(message.splitlines()) < 40 < len(tv3s.state_dict())  # grouped, not one line per key
+    assert len(message.splitlines()) < 50 < len(tv3s.state_dict())  # grouped, not one line per key
 
 
 def test_shape_mismatch_fails_unless_partial_loads_are_allowed(per_frame, tmp_path, caplog):

@@ -5,14 +5,14 @@
 - Saving writes a temporary file in the same folder, fsyncs it and renames it over the target
   (the `last_checkpoint` pointer too), so an interruption leaves the old file or the new one.
 - Loading fails when the checkpoint does not fit the model: parameters it leaves out, keys the
-  model does not have, shape mismatches, listed by prefix. Two kinds of partial load are
-  expected and pass with an info line. Each meta-architecture (or any module in it) declares the
-  weights a training start may leave out (`weights_may_miss`: a per-frame checkpoint leaves
-  MPVSS's or TV3S's `temporal.*` new, an ImageNet checkpoint every head and Swin's output norms)
-  and the checkpoint keys it ignores (`weights_ignored`: a per-frame Mask2Former's `criterion.*`
-  buffer, made from the config);
-  the classifier keys of the ImageNet checkpoints upstream configs start from are ignored too
-  (IMAGENET_EXTRAS). `allow_partial` (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
+  model does not have, shape mismatches, listed by prefix. Expected partial loads pass with an
+  info line: each meta-architecture (or any module in it) declares the weights a training start
+  may leave out (`weights_may_miss`: a per-frame checkpoint leaves MPVSS's or TV3S's
+  `temporal.*` new, an ImageNet checkpoint every head and Swin's output norms) and the checkpoint
+  keys it has no use for (`weights_ignored`: a per-frame Mask2Former's `criterion.*` buffer,
+  which is made from the config); the classifier keys of the ImageNet checkpoints upstream
+  configs start from are ignored too (IMAGENET_EXTRAS). `allow_partial`
+  (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
 """
 import os
 import re
@@ -80,40 +80,36 @@ def mismatch_report(missing, unexpected, shapes):
     return lines
 
 
-def fsync_replace(tmp, path):
-    """Rename `tmp` over `path` and make the rename durable."""
-    os.replace(tmp, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def atomic_write(path, write):
     """Write `path` through `write(binary file)` so that, whenever the process is interrupted,
     `path` holds its old content or all the new one (temporary file in the same folder, fsync,
     rename)."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        fsync_replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt included: no half-written temporary left behind
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    descriptor = os.open(folder, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class VSSCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, for_training=False, allow_partial=False, **kwargs):
         """
         Args:
-            for_training: loading MODEL.WEIGHTS to start training, where the model's declared
-                `weights_may_miss` may be absent from the checkpoint. Otherwise (evaluation,
-                inference, resuming) the checkpoint must hold every weight.
+            for_training: the checkpointer of a training run, whose MODEL.WEIGHTS may lack the
+                model's declared `weights_may_miss` (its own checkpoints, to resume from, hold
+                everything). Otherwise (evaluation, inference) a checkpoint must hold every weight.
             allow_partial: load whatever fits, with a warning instead of an error.
             kwargs: as DetectionCheckpointer's (save_to_disk, checkpointables).
         """
