@@ -1,4 +1,5 @@
 """Exact resume: the training loader's position, the trainer's state, Ctrl-C and --resume."""
+import logging
 import os
 import random
 import signal
@@ -66,14 +67,28 @@ def test_loader_leaves_the_global_rngs_alone():
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
 
 
-def test_loader_state_errors():
-    loader = ResumableTrainLoader(RECORDS, noisy_mapper, 2, seed=3)
+def test_loader_state_with_other_settings(caplog):
+    loader = ResumableTrainLoader(RECORDS, noisy_mapper, 3, seed=3)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="for 2 processes, this run has 1"):
-        loader.load_state_dict({**state, "world_size": 2})
-    batches(loader, 1)
     with pytest.raises(RuntimeError, match="before its first batch"):
         loader.load_state_dict(state)
+    # a smaller batch: the pending samples come first, then the stream goes on
+    pending = sorted(p for places in state["pending"] for p in places)
+    assert pending  # the case worth testing
+    smaller = ResumableTrainLoader(RECORDS, noisy_mapper, 1, seed=0)
+    smaller.load_state_dict(state)
+    places = [smaller.next_place + i for i in range(3)]
+    expected = [[smaller.stream.sample(p)] for p in pending + places][:3]
+    assert batches(smaller, 3) == expected
+    # another number of processes: on from the same number of samples, with a warning
+    two = ResumableTrainLoader(RECORDS, noisy_mapper, 3, seed=0, rank=1, world_size=2)
+    with caplog.at_level(logging.WARNING, logger="vss.data.train_loader"):
+        two.load_state_dict(state)
+    assert "for 1 processes, this run has 2" in caplog.text
+    assert two.next_place == -(-state["next_place"] // 2) and two.stream.seed == 3 and two.buckets == ([], [])
 
 
 def test_rng_states_survive_a_weights_only_load(tmp_path):

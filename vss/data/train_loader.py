@@ -8,12 +8,15 @@ permutation drawn from the seed, and the augmentation RNGs (python, numpy, torch
 an uninterrupted run sees from p, with any number of workers and however far they had read ahead.
 """
 import contextlib
+import logging
 import random
 
 import numpy as np
 import torch
 import torch.utils.data as torchdata
 from detectron2.data.common import DatasetFromList
+
+logger = logging.getLogger(__name__)
 
 SAMPLE, EPOCH = 0, 1
 
@@ -119,21 +122,34 @@ class ResumableTrainLoader:
     def load_state_dict(self, state):
         if self.started:
             raise RuntimeError("the training loader's state can only be restored before its first batch")
-        if state["world_size"] != self.stream.world_size:
-            raise ValueError(f"the checkpoint's data position is for {state['world_size']} processes, "
-                             f"this run has {self.stream.world_size}: the sample order cannot be resumed")
         self.stream.seed = state["seed"]
+        self.buckets = ([], [])
+        if state["world_size"] != self.stream.world_size:
+            logger.warning("the checkpoint's data position is for %d processes, this run has %d: continuing "
+                           "after the same number of samples, but not with the samples an uninterrupted "
+                           "run would see", state["world_size"], self.stream.world_size)
+            self.next_place = -(-state["next_place"] * state["world_size"] // self.stream.world_size)
+            return
         self.next_place = state["next_place"]
-        self.buckets = tuple([(place, self.stream.sample(place)) for place in places]
-                             for places in state["pending"])
+        for place in sorted(p for places in state["pending"] for p in places):
+            sample = self.stream.sample(place)
+            self._bucket(sample).append((place, sample))
 
     def _bucket(self, sample):
         if not self.aspect_ratio_grouping:
             return self.buckets[0]
         return self.buckets[0 if sample["width"] > sample["height"] else 1]
 
+    def _take(self, bucket):
+        batch = [sample for _, sample in bucket[:self.batch_size]]
+        del bucket[:self.batch_size]
+        return batch
+
     def __iter__(self):
         self.started = True
+        for bucket in self.buckets:  # restored samples enough for a batch (the batch size changed)
+            while len(bucket) >= self.batch_size:
+                yield self._take(bucket)
         self.stream.start = self.next_place
         loader = torchdata.DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
@@ -147,6 +163,4 @@ class ResumableTrainLoader:
             bucket = self._bucket(sample)
             bucket.append((place, sample))
             if len(bucket) == self.batch_size:
-                batch = [s for _, s in bucket]
-                bucket.clear()
-                yield batch
+                yield self._take(bucket)
