@@ -15,12 +15,11 @@ import warnings
 # with a FutureWarning on every command; nothing here scripts anything.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, check_weights, load_cfg, prepare_cfg
+from vss.engine import Trainer, VSSCheckpointer, check_weights, load_cfg, prepare_cfg
 
 
 def setup(args):
@@ -40,7 +39,7 @@ def main(args):
         check_weights(cfg, args.config_file, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
