@@ -316,7 +316,10 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as e:  # the config's datasets or weights
             raise DemoError(e) from None
         writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
-        predictor = VideoPredictor(cfg, half=args.half)
+        try:
+            predictor = VideoPredictor(cfg, half=args.half)
+        except ValueError as e:  # e.g. a checkpoint that does not fit the model
+            raise DemoError(e) from None
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
         metadata = _metadata_fields(predictor, dataset)
         frames, seconds, keys = segment(predictor, source, writer, metadata, dataset)

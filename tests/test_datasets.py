@@ -19,6 +19,7 @@ from vss.data.datasets import (
     register_video_folders,
     register_vspw_layout,
 )
+from vss.data.datasets.synthetic import SYNTHETIC_DIRNAMES
 from vss.data.io import read_frame, read_label
 
 
@@ -191,16 +192,16 @@ def test_cityscapes_without_train_ids_is_explained(tmp_path):
 @pytest.fixture
 def builtins_under(tmp_path):
     """Re-registers the built-in datasets under an empty $DETECTRON2_DATASETS, then back."""
-    registrations = [(register_all_vspw, "vspw", ("train", "val", "test")),
-                     (register_all_cityscapes_video, "cityscapes_video", ("train", "val")),
-                     (register_all_synthetic, "synthetic_vss", ("train", "val"))]
+    registrations = [(register_all_vspw, ["vspw"], ("train", "val", "test")),
+                     (register_all_cityscapes_video, ["cityscapes_video"], ("train", "val")),
+                     (register_all_synthetic, list(SYNTHETIC_DIRNAMES), ("train", "val"))]
     original = os.path.dirname(MetadataCatalog.get("vspw_val").dataset_root)
 
     def register(root):
-        for register_all, prefix, splits in registrations:
-            for split in splits:
-                DatasetCatalog.remove(f"{prefix}_{split}")
-                MetadataCatalog.remove(f"{prefix}_{split}")
+        for register_all, prefixes, splits in registrations:
+            for name in (f"{prefix}_{split}" for prefix in prefixes for split in splits):
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
             register_all(root)
 
     register(str(tmp_path / "nowhere"))
@@ -212,6 +213,8 @@ def builtins_under(tmp_path):
     ("vspw_val", "download VSPW_480p from the VSPW site and unpack it as {root}/VSPW_480p"),
     ("synthetic_vss_train", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --root "
                             "{root}/synthetic_vss`"),
+    ("synthetic_vss_fx_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --effects effects "
+                             "--root {root}/synthetic_vss_fx`"),
     ("cityscapes_video_val", "download leftImg8bit_sequence_trainvaltest.zip and gtFine_trainvaltest.zip from "
                              "the Cityscapes site, unzip both into {root}/cityscapes"),
 ])

@@ -224,7 +224,9 @@ def test_input_errors(case, reason, video, tmp_path, capsys):
 
 @pytest.mark.parametrize("opts, reason", [
     (["DATASETS.TEST", "('no_such_dataset',)"], "'no_such_dataset'"),
-    (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"], "predicts 5 classes but DATASETS.TEST[0] ('synthetic_vss_val') has 8"),
+    (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.WEIGHTS_ALLOW_PARTIAL", "True"],
+     "predicts 5 classes but DATASETS.TEST[0] ('synthetic_vss_val') has 8"),
+    (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"], "random.pth does not fit the model (MaskFormer)"),
 ])
 def test_metadata_errors(opts, reason, video, tmp_path, capsys):
     folder, _, weights = video

@@ -10,8 +10,9 @@
   may leave out (`weights_may_miss`: a per-frame checkpoint leaves MPVSS's or TV3S's
   `temporal.*` new, an ImageNet checkpoint every head and Swin's output norms) and the checkpoint
   keys it has no use for (`weights_ignored`: a per-frame Mask2Former's `criterion.*` buffer,
-  which is made from the config); the classifier keys of the ImageNet checkpoints upstream
-  configs start from are ignored too (IMAGENET_EXTRAS). `allow_partial`
+  which is made from the config); buffers made from the config (`weights_from_config`: the
+  criterion's class weights) may be missing from any checkpoint; the classifier keys of the
+  ImageNet checkpoints upstream configs start from are ignored too (IMAGENET_EXTRAS). `allow_partial`
   (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
 """
 import os
@@ -35,8 +36,8 @@ GROUP_DEPTH = 2
 
 
 def declared(model, name):
-    """The key prefixes `model` and its submodules declare in `name` ("weights_may_miss" or
-    "weights_ignored"), each under the submodule's own prefix."""
+    """The key prefixes `model` and its submodules declare in `name` ("weights_may_miss",
+    "weights_ignored" or "weights_from_config"), each under the submodule's own prefix."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     prefixes = []
     for module_name, module in model.named_modules():
@@ -115,6 +116,7 @@ class VSSCheckpointer(DetectionCheckpointer):
         """
         super().__init__(model, save_dir, **kwargs)
         self.may_miss = declared(model, "weights_may_miss") if for_training else ()
+        self.from_config = declared(model, "weights_from_config")
         self.ignored = declared(model, "weights_ignored")
         self.allow_partial = allow_partial
         self._loading = None
@@ -145,7 +147,7 @@ class VSSCheckpointer(DetectionCheckpointer):
     def _log_incompatible_keys(self, incompatible):
         # Called by load() with what did not fit; fvcore only logs warnings here.
         expected = [k for k in incompatible.missing_keys if k.startswith(self.may_miss)]
-        missing = [k for k in incompatible.missing_keys if not k.startswith(self.may_miss)]
+        missing = [k for k in incompatible.missing_keys if not k.startswith(self.may_miss + self.from_config)]
         ignored = [k for k in incompatible.unexpected_keys if IMAGENET_EXTRAS.match(k) or k.startswith(self.ignored)]
         unexpected = [k for k in incompatible.unexpected_keys if k not in ignored]
         shapes = incompatible.incorrect_shapes

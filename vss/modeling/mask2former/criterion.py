@@ -97,6 +97,10 @@ class SetCriterion(nn.Module):
         importance_sample_ratio: share of the kept points chosen by uncertainty.
     """
 
+    # Made from the config (eos_coef), so any checkpoint may lack it (vss.engine.checkpoint):
+    # MPVSS evaluated with per-frame weights has a temporal criterion they never had.
+    weights_from_config = ("empty_weight",)
+
     def __init__(
         self,
         num_classes,
