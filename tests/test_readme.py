@@ -74,7 +74,7 @@ def test_examples_use_the_venv_python():
     assert bare == []
 
 
-def test_examples_are_found_and_mostly_run():
+def test_examples_are_found_and_classified():
     runnable = [(readme, text) for readme, _, _, text in all_examples() if not_here(text) is None]
     # the README's own examples, and each project's synthetic reproduction, are among them
     texts = [text for _, text in runnable]
