@@ -7,6 +7,7 @@ from detectron2.projects.deeplab import build_lr_scheduler
 from ..data.build import build_video_train_loader
 from ..data.video import build_video_test_loader
 from ..evaluation import VSSEvaluator
+from ..modeling.postprocess import labels_only
 from .optimizer import build_optimizer
 
 
@@ -29,6 +30,12 @@ class Trainer(DefaultTrainer):
             vc_windows=tuple(cfg.TEST.VSS.VC_WINDOWS),
             save_predictions=cfg.TEST.VSS.SAVE_PREDICTIONS,
         )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # The evaluators need labels only: the models skip the full-size score maps.
+        with labels_only():
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
