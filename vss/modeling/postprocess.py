@@ -66,10 +66,11 @@ def sem_seg_labels(scores, image_size, height, width, chunk_elements=DEFAULT_CHU
         if best is None:
             best, labels = value, index
             continue
-        # Strictly greater keeps the earlier class on ties, as argmax does.
+        # Strictly greater keeps the earlier class on ties, as argmax does. In place: the
+        # planes kept across chunks are all the memory this function needs beyond a chunk.
         take = (value > best) | (value.isnan() & ~best.isnan())
-        best = torch.maximum(best, value)  # NaN propagates, as in `take`
-        labels = torch.where(take, index + start, labels)
+        torch.maximum(best, value, out=best)  # NaN propagates, as in `take`
+        torch.where(take, index.add_(start), labels, out=labels)
     return labels
 
 
