@@ -1,3 +1,4 @@
+from .launch import create_ddp_model, launch
 from .optimizer import build_optimizer
 from .predictor import VideoPredictor
 from .setup import setup_cfg

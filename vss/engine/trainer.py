@@ -1,17 +1,25 @@
 """Trainer: detectron2's DefaultTrainer with this project's loaders, evaluator and solver."""
 import os
+from unittest import mock
 
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, defaults
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..data.build import build_video_train_loader
 from ..data.video import build_video_test_loader
 from ..evaluation import VSSEvaluator
 from ..modeling.postprocess import labels_only
+from .launch import create_ddp_model
 from .optimizer import build_optimizer
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer wraps the model with detectron2's create_ddp_model, which gives DDP
+        # device_ids that it rejects for a CPU model: ours leaves them out for CPU processes.
+        with mock.patch.object(defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_video_train_loader(cfg)
