@@ -84,9 +84,11 @@ def test_output_dict_follows_labels_only():
     assert set(labels) == {"sem_seg_labels"}
     assert torch.equal(labels["sem_seg_labels"], full["sem_seg"].argmax(0))
     assert torch.equal(output_labels(labels), output_labels(full))
-    # At the output size already: returned as is, no copy.
+    # No image size: the scores are at the output size already, returned as they are.
     same = torch.randn(4, 15, 19)
-    assert sem_seg_output(same, (15, 19), 15, 19)["sem_seg"] is same
+    assert sem_seg_output(same, None, 15, 19)["sem_seg"] is same
+    with labels_only():
+        assert torch.equal(sem_seg_output(same, None, 15, 19)["sem_seg_labels"], same.argmax(0))
 
 
 @pytest.mark.parametrize("args, message", [

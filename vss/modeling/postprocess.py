@@ -62,7 +62,7 @@ def sem_seg_labels(scores, image_size, height, width, chunk_elements=DEFAULT_CHU
     step = max(1, chunk_elements // (height * width))
     best, labels = None, None
     for start in range(0, scores.shape[0], step):
-        value, index = _resize(scores[start:start + step], image_size, height, width).max(dim=0)
+        value, index = sem_seg_postprocess(scores[start:start + step], image_size, height, width).max(dim=0)
         if best is None:
             best, labels = value, index
             continue
@@ -76,17 +76,13 @@ def sem_seg_labels(scores, image_size, height, width, chunk_elements=DEFAULT_CHU
 
 def sem_seg_output(scores, image_size, height, width):
     """One image's output dict from its (K, H', W') scores (padding included): {"sem_seg":
-    (K, height, width)}, or {"sem_seg_labels": (height, width)} inside `labels_only()`."""
+    (K, height, width)}, or {"sem_seg_labels": (height, width)} inside `labels_only()`.
+    `image_size` None: the scores are (K, height, width) already and are not resized."""
+    if image_size is None:
+        return {"sem_seg_labels": scores.argmax(dim=0)} if _labels_only.get() else {"sem_seg": scores}
     if _labels_only.get():
         return {"sem_seg_labels": sem_seg_labels(scores, image_size, height, width)}
-    return {"sem_seg": _resize(scores, image_size, height, width)}
-
-
-def _resize(scores, image_size, height, width):
-    """sem_seg_postprocess, which would copy scores already at the output size unchanged."""
-    if tuple(scores.shape[-2:]) == tuple(image_size) == (height, width):
-        return scores
-    return sem_seg_postprocess(scores, image_size, height, width)
+    return {"sem_seg": sem_seg_postprocess(scores, image_size, height, width)}
 
 
 def output_labels(output):

@@ -48,7 +48,7 @@ def semantic_postprocess(mask_cls, mask_pred, image_size, height, width, before_
     if before_inference:
         mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
         scores = semantic_inference(mask_cls.to(mask_pred), mask_pred)
-        return sem_seg_output(scores, (height, width), height, width)
+        return sem_seg_output(scores, None, height, width)
     return sem_seg_output(semantic_inference(mask_cls, mask_pred), image_size, height, width)
 
 
