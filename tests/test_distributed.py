@@ -123,3 +123,13 @@ def test_distributed_evaluation_equals_single_process(runs):
     metrics = two["sem_seg"]
     assert not math.isnan(metrics["mIoU"]) and not math.isnan(metrics["mVC3"])
     assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
+
+
+def test_one_process_runs_in_place_and_bad_counts_are_named():
+    calls = []
+    assert launch(lambda *a: calls.append(a) or "done", 1, args=(1, 2), device="cpu") == "done"
+    assert calls == [(1, 2)]
+    with pytest.raises(ValueError, match="need at least one process and one machine, got 0 processes on 1"):
+        launch(print, 0, device="cpu")
+    with pytest.raises(ValueError, match="a 2-machine run needs an explicit --dist-url"):
+        launch(print, 2, num_machines=2, machine_rank=0, dist_url="auto", device="cpu")
