@@ -15,7 +15,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..data.augment import augment_frames, build_augmentations
-from ..modeling.postprocess import labels_only
+from ..modeling import postprocess
 
 # Ids only have to differ between the videos of one model's state store; a process-wide
 # counter also keeps two predictors sharing a model apart.
@@ -95,7 +95,7 @@ class VideoPredictor:
             "frame_idx": self.frame_idx,
         }
         with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.half), \
-                labels_only(self.labels_only):
+                postprocess.labels_only(self.labels_only):
             output = self.model([inputs])[0]
         # Only after success: a failed frame can be retried (or skipped) without a gap.
         self.frame_idx += 1
