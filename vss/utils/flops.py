@@ -140,12 +140,6 @@ def count_frames(model, height, width, counted, count="fvcore", progress=False):
     video state its predecessors left; the others are not counted. The model's train/eval mode
     is restored. progress: show a progress bar (on stderr).
     """
-    # fvcore traces with torch.jit.trace, under which sizes are tensors and TV3S cuts its
-    # windows into other (equivalent) groups than a plain run: the states a plain frame leaves
-    # would not fit a traced one, so with fvcore the uncounted frames are traced too.
-    def run(frame):
-        return flop_analysis(model, frame).total() if count == "fvcore" else model([frame])
-
     if count not in COUNTS:
         raise ValueError(f"unknown FLOP count {count!r}; expected one of {COUNTS}")
     counted = set(counted)
@@ -165,7 +159,7 @@ def count_frames(model, height, width, counted, count="fvcore", progress=False):
             else:
                 bar.set_postfix_str(f"running frame {i} (for the state it leaves)")
                 with torch.no_grad():
-                    run(frame)
+                    model([frame])
         return out
     finally:
         model.train(was_training)
