@@ -335,6 +335,38 @@ def test_benchmark_cli_compares_two_configs():
     assert ratio and float(ratio.group(1)) == pytest.approx(fps[0] / fps[1], rel=0.02)
 
 
+def test_benchmark_quick_default_on_the_cpu(capsys):
+    tool = load_tool("benchmark")
+    tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith("5 frames of 32x48 per run, 1 runs per model, 1 warm-up frames, device cpu")
+    assert "(the quick CPU default; --full for 50 frames x 3 runs)" in out
+    # --full with every count given: the given ones win, and no quick-default note
+    tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu", "--full",
+               "--frames", "2", "--warmup", "0", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("2 frames of 32x48 per run, 1 runs per model, 0 warm-up frames") and "quick" not in out
+
+
+def test_benchmark_streaming_presets_and_report(tmp_path, capsys):
+    tool = load_tool("benchmark_streaming")
+    # the presets' windows: 50 frames quick, 100 with --full (checked before a model is built)
+    for preset, frames, window in [[], 60, 50], [["--full"], 150, 100]:
+        with pytest.raises(SystemExit):
+            tool.main(["--config-file", TV3S_TINY, "--frames", str(frames), *preset])
+        assert f"--frames ({frames}) must hold two windows of --window ({window}) frames" in capsys.readouterr().err
+    out = tmp_path / "stream.json"
+    tool.main(["--config-file", TV3S_TINY, "--height", "64", "--width", "64", "--frames", "4", "--window", "2",
+               "--warmup", "1", "--clip", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [len(v) for v in result["per_frame"].values()] == [4, 4, 4, 4]
+    assert result["summary"]["window"] == 2
+    assert (result["clip"]["frames"], result["clip"]["repeats"]) == (2, 1) and result["clip"]["clip_ms_per_frame"] > 0
+    # the carried state does not grow: every frame carries the same bytes
+    assert len(set(result["per_frame"]["state_bytes"])) == 1 and result["per_frame"]["state_bytes"][0] > 0
+    assert "one video of 4 frames of 64x64" in capsys.readouterr().out
+
+
 def test_benchmark_scan_baselines_compute_the_scan():
     # the timed loops must compute what the scan computes, or the speed-ups mean nothing
     bench = load_tool("benchmark_scan")

@@ -14,9 +14,10 @@ milliseconds (approximate: the allocator may keep memory from earlier runs).
 Weights are random unless the config or the overrides set MODEL.WEIGHTS; the overrides
 apply to both configs.
 
-On the CPU the default is a quick run (5 frames, 1 run, 1 warm-up frame: about a minute for
-Mask2Former R50 at 480x853 on 2 cores); --full, and the default on CUDA, is the paper-size run
-(50 frames x 3 runs, 5 warm-up frames). --frames, --warmup and --repeats override either.
+On the CPU the default is a quick run: 5 frames (one key-frame period of MPVSS at K = 5), 1 run,
+1 warm-up frame, about a minute for Mask2Former R50 at 480x853 on 2 cores. --full, and the
+default on CUDA, is the paper-size run (50 frames x 3 runs, 5 warm-up frames). --frames,
+--warmup and --repeats override either.
 
   python tools/benchmark.py --config-file configs/vspw/mask2former/R50.yaml \\
       --vs configs/vspw/mask2former/Swin-T.yaml --device cuda --half
