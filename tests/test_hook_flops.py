@@ -95,3 +95,4 @@ def test_mamba_counts_what_the_release_hooks_see():
     out_proj = batch * length * d_inner * d_model
     # nothing under "mixer.in_proj", which our Mamba does call as a module
     assert counts == {"mixer": conv + x_proj + out_proj}
+    assert hook_flops(mamba, lambda: mamba(torch.randn(batch, length, d_model))) == {"": conv + x_proj + out_proj}

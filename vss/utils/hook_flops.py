@@ -135,7 +135,7 @@ def hook_flops(model, run):
     whole = []
     try:
         for name, module in model.named_modules():
-            if any(name.startswith(prefix + ".") for prefix in whole):
+            if any(prefix == "" or name.startswith(prefix + ".") for prefix in whole):
                 continue
             rule = _rule(module)
             if rule is None:
