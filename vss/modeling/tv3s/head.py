@@ -81,7 +81,9 @@ class ShiftedWindowMamba(nn.Module):
                 layer.mixer.out_proj.weight /= math.sqrt(num_layers)
 
     def groups(self, layer, height, width):
-        return window_groups(height, width, self.window_size, self.shift if layer % 2 else 0)
+        # int(): under torch.jit.trace (fvcore) sizes are tensors, which would key the cache by
+        # identity and cut the map into other groups than a plain run (states would not fit)
+        return window_groups(int(height), int(width), self.window_size, self.shift if layer % 2 else 0)
 
     def forward(self, x, states=None):
         """x (B, T, C, H, W): T consecutive frames of B videos (H, W multiples of the window).
