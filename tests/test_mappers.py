@@ -301,8 +301,49 @@ def test_pair_gap_bounds(small_video):
             assert (out["key_image"] == 10 * out["key_frame_idx"] + 5).all()
             assert (out["image"] == 10 * t + 5).all() and out["frame_idx"] == t
         assert gaps == set(range(1, max_gap + 1))
-    with pytest.raises(ValueError, match="first of video 'vid'.*earlier key frame"):
+    with pytest.raises(ValueError, match="00000.png.*'vid'.*no earlier frame within .*PAIR_MAX_GAP=10"):
         mapper(records[0])
+
+
+@pytest.fixture
+def gappy_video(small_video):
+    """small_video with frames 5..8 deleted before loading: frame_idx 0-4 and 9-14."""
+    name, records, _ = small_video
+    for k in range(5, 9):
+        os.remove(records[k]["file_name"])
+    records = DatasetCatalog.get(name)
+    return records, group_by_video(records)
+
+
+def test_pair_key_frames_skip_missing_frames(gappy_video):
+    records, videos = gappy_video
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 3, 4] + list(range(9, 15))
+    target = records[6]  # frame_idx 10: frames 6-8 within the gap of 4 are missing
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=4)
+    np.random.seed(0)
+    keys = {mapper(target)["key_frame_idx"] for _ in range(60)}
+    assert keys == {9}
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=6)
+    keys = set()
+    for _ in range(100):
+        out = mapper(target)
+        keys.add(out["key_frame_idx"])
+        assert (out["key_image"] == 10 * out["key_frame_idx"] + 5).all()  # the key image is that frame's
+    assert keys == {4, 9}
+    with pytest.raises(ValueError, match="00009.png.*no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP=3"):
+        kwargs_mapper(PairMapper, [], videos=videos, max_gap=3)(records[5])
+
+
+def test_clip_replaces_missing_frames_by_the_nearest_towards_the_target(gappy_video, caplog):
+    records, videos = gappy_video
+    forward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-6, -3, 0])
+    with caplog.at_level(logging.WARNING, logger="vss.data.mappers"):
+        out = forward(records[6])  # frame_idx 10: 4 and 7 wanted, 7 is missing
+    assert out["frame_indices"] == [4, 9, 10]
+    assert [int(im[0, 0, 0]) for im in out["images"]] == [45, 95, 105]
+    assert "missing" in caplog.text and "[4, 7, 10]" in caplog.text
+    backward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-6, -3, 0], reverse_prob=1.0)
+    assert backward(records[2])["frame_indices"] == [4, 4, 2]  # 8 and 5 missing: back towards 2
 
 
 def test_clip_offsets_reversal_and_clamping(small_video, caplog):

@@ -11,7 +11,9 @@ from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..frames import warn_incomplete_video
 from ..io import image_size
+from .root import root_hint
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def load_cityscapes_video(root, split):
     gt_root = os.path.join(root, "gtFine", split)
     for d in (seq_root, gt_root):
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"Cityscapes video folder {d} does not exist (see datasets/README.md)")
+            raise FileNotFoundError(f"Cityscapes video folder {os.path.abspath(d)} does not exist "
+                                    f"(see datasets/README.md){root_hint(d)}")
     snippets = defaultdict(list)
     for city in sorted(os.listdir(seq_root)):
         for name in os.listdir(os.path.join(seq_root, city)):
@@ -50,16 +53,21 @@ def load_cityscapes_video(root, split):
     if not snippets:
         raise ValueError(f"no frames found under {seq_root}")
 
-    records, labelled = [], 0
+    records, labelled, labels_used = [], 0, set()
     for video in sorted(snippets):
+        # frame_idx counts from the snippet's first frame number, so a missing frame stays a gap.
         frames = sorted(snippets[video])
-        city = frames[0][1]
+        for (a, _, first), (b, _, second) in zip(frames, frames[1:]):
+            if a == b:
+                raise ValueError(f"Cityscapes snippet {video} has two frames numbered {a}: {first} and {second}")
+        start, city = frames[0][0], frames[0][1]
         height, width = image_size(os.path.join(seq_root, city, frames[0][2]))
-        for idx, (_, city, name) in enumerate(frames):
+        for number, city, name in frames:
             stem = name[: -len(SUFFIX)]
             label = os.path.join(gt_root, city, stem + LABEL_SUFFIX)
             if os.path.isfile(label):
                 labelled += 1
+                labels_used.add(label)
             else:
                 label = None
             records.append(
@@ -69,10 +77,18 @@ def load_cityscapes_video(root, split):
                     "height": height,
                     "width": width,
                     "video_id": video,
-                    "frame_idx": idx,
+                    "frame_idx": number - start,
                     "image_id": stem,
                 }
             )
+        warn_incomplete_video(video, os.path.join(seq_root, city), [n - start for n, _, _ in frames])
+    orphans = [os.path.join(gt_root, city, name) for city in sorted(os.listdir(gt_root))
+               if os.path.isdir(os.path.join(gt_root, city))
+               for name in sorted(os.listdir(os.path.join(gt_root, city))) if name.endswith(LABEL_SUFFIX)]
+    orphans = [p for p in orphans if p not in labels_used]
+    if orphans:
+        logger.warning("%d Cityscapes label(s) under %s have no sequence frame and are ignored: %s%s",
+                       len(orphans), gt_root, ", ".join(orphans[:10]), ", ..." if len(orphans) > 10 else "")
     if labelled == 0:
         raise ValueError(f"no *{LABEL_SUFFIX} files under {gt_root}: run "
                          "datasets/prepare_cityscapes_video.py to create them")
