@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,17 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _reference_dir():
-    """The shared reference data (key lists, parity fixture), kept beside the repo."""
-    return Path(os.environ.get("VSS_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+# Reference data the tests compare against (upstream and official key lists, the upstream
+# Mask2Former parity fixture), kept in the repository so that every clone runs the whole suite.
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def reference_dir():
-    path = _reference_dir()
-    if not path.is_dir():
-        msg = f"reference data not found at {path} (set VSS_REFERENCE_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)  # CI always has it: a missing folder is a broken set-up
-        pytest.skip(msg)
-    return path
+    """tests/data; a missing folder or file fails the test that needs it, never skips it."""
+    if not DATA.is_dir():
+        pytest.fail(f"reference data folder {DATA} is missing: it is part of the repository (git checkout tests/data)")
+    return DATA
 
 
 def read_key_list(path, prefix=""):
