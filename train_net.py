@@ -5,10 +5,10 @@
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 from vss.engine import Trainer, setup_cfg
+from vss.engine.checkpointer import VSSCheckpointer
 
 
 def setup(args):
@@ -21,7 +21,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

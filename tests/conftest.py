@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,11 @@ def read_key_list(path, prefix=""):
         if name.startswith(prefix):
             keys[name[len(prefix):]] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
     return keys
+
+
+def load_script(path):
+    """Import a script that is not in a package (demo/demo.py) as a module."""
+    spec = importlib.util.spec_from_file_location(f"vss_script_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

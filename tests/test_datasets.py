@@ -10,7 +10,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import vss  # noqa: F401  (registers the built-in datasets)
-from vss.data.datasets import root as dataset_root
 from vss.data.datasets import (
     load_cityscapes_video,
     load_vspw_layout,
@@ -260,32 +259,3 @@ def test_cityscapes_missing_frame_is_a_gap(tmp_path, caplog):
     assert [r["sem_seg_file_name"] is not None for r in records] == [False, True, False]
     assert "frame_idx 2" in caplog.text
     assert str(gt_dir / "ulm_000003_000102_gtFine_labelTrainIds.png") in caplog.text
-
-
-@pytest.mark.parametrize("env", [None, "elsewhere"])
-def test_missing_builtin_dataset_names_the_variable_and_absolute_path(tmp_path, monkeypatch, env):
-    # The built-in datasets are registered under DATASETS_ROOT, read at import; emulate both settings.
-    root = "datasets" if env is None else env
-    monkeypatch.setattr(dataset_root, "DATASETS_ROOT", root)
-    if env is None:
-        monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
-    else:
-        monkeypatch.setenv("DETECTRON2_DATASETS", env)
-    monkeypatch.chdir(tmp_path)
-    absolute = tmp_path / root / "VSPW_480p" / "val.txt"
-    with pytest.raises(FileNotFoundError) as e:
-        load_vspw_layout(os.path.join(root, "VSPW_480p"), "val")
-    assert f"split file {absolute} does not exist" in str(e.value)
-    if env is None:
-        assert f"DETECTRON2_DATASETS is unset, so the built-in datasets are looked up in ./datasets " \
-               f"of the working directory, {tmp_path / 'datasets'}" in str(e.value)
-    else:
-        assert f"DETECTRON2_DATASETS=elsewhere ({tmp_path / 'elsewhere'})" in str(e.value)
-    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS") as e:
-        load_cityscapes_video(os.path.join(root, "cityscapes"), "val")
-    assert str(tmp_path / root / "cityscapes" / "leftImg8bit_sequence" / "val") in str(e.value)
-
-    # A dataset of the user's own elsewhere: the variable plays no part and is not mentioned.
-    with pytest.raises(FileNotFoundError) as e:
-        load_vspw_layout(str(tmp_path / "mine"), "val")
-    assert "DETECTRON2_DATASETS" not in str(e.value)

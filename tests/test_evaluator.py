@@ -338,15 +338,6 @@ def test_saved_predictions_are_what_the_official_script_reads(tmp_path):
         VSSEvaluator(name, save_predictions=True)
 
 
-def test_unwritable_prediction_folder_is_named(tmp_path):
-    zero = np.zeros((2, 2), np.uint8)
-    name, records = make_dataset(tmp_path / "data", {"v": [zero]}, 2)
-    blocker = tmp_path / "file"
-    blocker.write_text("a file where the output folder should be")
-    with pytest.raises(OSError, match=f"cannot write the predicted labels of .*00000.png to {blocker}/v/00000.png"):
-        run(name, records, [zero], 2, output_dir=str(blocker), save_predictions=True)
-
-
 def test_missing_frame_is_a_gap_no_window_spans(tmp_path):
     # Frame 3 of 7 is deleted from the dataset; the prediction changes across the gap only.
     zero, one = np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)

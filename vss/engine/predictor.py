@@ -10,11 +10,11 @@ import itertools
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..data.augment import augment_frames, build_augmentations
+from .checkpointer import VSSCheckpointer
 
 # Ids only have to differ between the videos of one model's state store; a process-wide
 # counter also keeps two predictors sharing a model apart.
@@ -53,7 +53,7 @@ class VideoPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            VSSCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         self.metadata = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if self.cfg.DATASETS.TEST else None
         self.reset()
 
