@@ -7,8 +7,7 @@
 """
 from detectron2.engine import default_argument_parser, default_setup, launch
 
-from vss.engine import Trainer, setup_cfg
-from vss.engine.checkpointer import VSSCheckpointer
+from vss.engine import Trainer, VSSCheckpointer, setup_cfg
 
 
 def setup(args):

@@ -14,7 +14,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..data.augment import augment_frames, build_augmentations
-from .checkpointer import VSSCheckpointer
+from .checkpoint import VSSCheckpointer
 
 # Ids only have to differ between the videos of one model's state store; a process-wide
 # counter also keeps two predictors sharing a model apart.
