@@ -7,6 +7,7 @@ to the crop window, the flip and the frame it came from.
 import logging
 import os
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from vss.data.augment import PhotometricDistortion, PhotometricTransform, augmen
 from vss.data.datasets import register_vspw_layout
 from vss.data.mappers import ClipMapper, FrameMapper, PairMapper, mask2former_targets
 from vss.data.video import group_by_video
+from vss.modeling.tv3s.head import StateSpaceSharing
 
 H, W = 40, 64
 NUM_CLASSES = 8
@@ -334,16 +336,18 @@ def test_pair_key_frames_skip_missing_frames(gappy_video):
         kwargs_mapper(PairMapper, [], videos=videos, max_gap=3)(records[5])
 
 
-def test_clip_replaces_missing_frames_by_the_nearest_towards_the_target(gappy_video, caplog):
+def test_clip_replaces_missing_frames_as_streaming_inference_does(gappy_video, caplog):
     records, videos = gappy_video
-    forward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-6, -3, 0])
+    forward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-7, -3, 0])
     with caplog.at_level(logging.WARNING, logger="vss.data.mappers"):
-        out = forward(records[6])  # frame_idx 10: 4 and 7 wanted, 7 is missing
-    assert out["frame_indices"] == [4, 9, 10]
-    assert [int(im[0, 0, 0]) for im in out["images"]] == [45, 95, 105]
-    assert "missing" in caplog.text and "[4, 7, 10]" in caplog.text
-    backward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-6, -3, 0], reverse_prob=1.0)
-    assert backward(records[2])["frame_indices"] == [4, 4, 2]  # 8 and 5 missing: back towards 2
+        out = forward(records[8])  # frame_idx 12: 5 and 9 wanted, 5 is missing
+    # The latest frame at or before 5 is 4, the frame the streaming TV3S head would use.
+    assert out["frame_indices"] == [4, 9, 12]
+    assert [int(im[0, 0, 0]) for im in out["images"]] == [45, 95, 125]
+    assert "missing" in caplog.text and "[5, 9, 12]" in caplog.text
+    # Played backwards, the mirror image: the earliest frame at or after the wanted one.
+    backward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-7, -3, 0], reverse_prob=1.0)
+    assert backward(records[2])["frame_indices"] == [9, 9, 2]  # 9 and 5 wanted, 5 missing
 
 
 def test_clip_offsets_reversal_and_clamping(small_video, caplog):
@@ -454,3 +458,15 @@ def test_training_mapper_needs_class_metadata():
     cfg = make_cfg("test_mappers_never_registered")
     with pytest.raises(ValueError, match="'test_mappers_never_registered' has no stuff_classes"):
         FrameMapper(cfg, is_train=True)
+
+
+def test_clip_frames_agree_with_the_streaming_tv3s_head(gappy_video):
+    # Training clips must show the model what streaming inference will feed it, gaps included.
+    records, videos = gappy_video
+    offsets = [-9, -6, -3, 0]
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=offsets)
+    head = SimpleNamespace(clip_offsets=offsets)
+    for record in records:
+        t = record["frame_idx"]
+        stored = tuple((r["frame_idx"], r["frame_idx"]) for r in records if r["frame_idx"] <= t)
+        assert mapper.frame_indices(record, mapper.video_frames(record)) == StateSpaceSharing._clip(head, stored, t)

@@ -220,8 +220,10 @@ class ClipMapper(_VideoMapper):
     With probability `reverse_prob` the video plays backwards: offsets are negated,
     so the context comes from later frames and the target stays last. Indices past
     either end of the video are clamped to its first/last frame, and a missing frame
-    (a gap in frame_idx) is replaced by the nearest frame towards the target (logged
-    once per video): an existing frame is repeated rather than the sample dropped.
+    (a gap in frame_idx) is replaced by the nearest frame further from the target, as
+    the streaming TV3S head picks "the latest frame at or before t + offset" at
+    inference (logged once per video): an existing frame is repeated rather than the
+    sample dropped.
     """
 
     @configurable
@@ -250,8 +252,8 @@ class ClipMapper(_VideoMapper):
         indices = []
         for i in wanted:
             i = min(max(i, first), last)
-            step = 1 if i < t else -1
-            while i not in frames:  # ends at t at the latest, which is in the video
+            step = -1 if i < t else 1
+            while i not in frames:  # ends at the first or last frame at the latest
                 i += step
             indices.append(i)
         if indices != wanted and record["video_id"] not in self._clamped_videos:
