@@ -259,3 +259,34 @@ def test_cityscapes_missing_frame_is_a_gap(tmp_path, caplog):
     assert [r["sem_seg_file_name"] is not None for r in records] == [False, True, False]
     assert "frame_idx 2" in caplog.text
     assert str(gt_dir / "ulm_000003_000102_gtFine_labelTrainIds.png") in caplog.text
+
+
+def test_vspw_frames_numbered_with_a_stride_are_consecutive(tmp_path, caplog):
+    # Every 5th frame of a source video, one of them (25) deleted.
+    numbers = [10, 15, 20, 30, 35]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", [f"{n:08d}.jpg" for n in numbers])
+    with caplog.at_level(logging.WARNING, logger="vss.data.frames"):
+        records = load_vspw_layout(str(tmp_path), "val")
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 4, 5]
+    assert "1 frame(s) missing from the numbering (frame_idx 3)" in caplog.text
+
+
+def test_vspw_sparse_numbers_are_not_frame_numbers(tmp_path, caplog):
+    stamps = [1700000000123, 1700000000160, 1700000000201]  # capture times in milliseconds
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", [f"cam_{n}.jpg" for n in stamps])
+    with caplog.at_level(logging.WARNING, logger="vss.data.frames"):
+        records = load_vspw_layout(str(tmp_path), "val")
+    assert [r["frame_idx"] for r in records] == [0, 1, 2]
+    assert [os.path.basename(r["file_name"]) for r in records] == [f"cam_{n}.jpg" for n in stamps]
+    assert "leave more gaps than frames" in caplog.text and str(tmp_path / "data" / "v" / "origin") in caplog.text
+
+
+def test_vspw_frame_number_is_the_last_changing_number(tmp_path):
+    names = [f"cam2_frame{k}_rgb8.jpg" for k in (3, 1, 5, 2)]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", names)
+    records = load_vspw_layout(str(tmp_path), "val")
+    assert [os.path.basename(r["file_name"]) for r in records] == [f"cam2_frame{k}_rgb8.jpg" for k in (1, 2, 3, 5)]
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 4]

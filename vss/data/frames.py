@@ -7,6 +7,7 @@ the video models (key-frame distance, clip offsets) see, instead of its neighbou
 silently taken as consecutive.
 """
 import logging
+import math
 import os
 import re
 
@@ -26,18 +27,33 @@ def natural_key(name):
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], name
 
 
-def frame_number(name):
-    """The last number in a file name without its extension ("frame_0012.jpg" -> 12), or None."""
-    numbers = _DIGITS.findall(os.path.splitext(os.path.basename(name))[0])
-    return int(numbers[-1]) if numbers else None
+def frame_numbers(names):
+    """The frame number in each file name (extension left out), or None when a name has none.
+
+    It is the last number that changes from name to name, so that a constant number after
+    it ("frame12_rgb8.jpg") is not taken for it; the last number when the names hold
+    different counts of numbers.
+    """
+    runs = [[int(d) for d in _DIGITS.findall(os.path.splitext(os.path.basename(n))[0])] for n in names]
+    if any(not r for r in runs):
+        return [None] * len(names)
+    if len({len(r) for r in runs}) == 1:
+        changing = [j for j in range(len(runs[0])) if len({r[j] for r in runs}) > 1]
+        if changing:
+            return [r[changing[-1]] for r in runs]
+    return [r[-1] for r in runs]
 
 
 def number_frames(names, folder):
     """[(frame_idx, name)] for the frame files `names` of one video, in frame order.
 
-    When every name holds a number, frames go in number order and frame_idx is the number
-    minus the first frame's, so a missing frame leaves a gap in frame_idx. Otherwise
-    frames go in natural name order and frame_idx is the position. Two frames with the
+    When every name holds a number (`frame_numbers`), frames go in number order and
+    frame_idx counts from the first frame's number in steps of the numbering's stride (the
+    greatest common divisor of the differences, so that names taken every 5th frame of a
+    source video are consecutive): a missing frame leaves a gap in frame_idx. Numbers that leave more
+    gaps than there are frames (timestamps, say) are not a frame count: frames then go
+    in number order with frame_idx their position, and a warning says so. Names without
+    numbers go in natural name order with frame_idx their position. Two frames with the
     same number or the same name stem (`folder`, for the message, is where they are) are
     an error: their order, and which label belongs to which, would be a guess.
     """
@@ -49,7 +65,7 @@ def number_frames(names, folder):
             raise ValueError(f"{folder} has two frames named {stems[stem]} and {name}: "
                              "expected one frame file per name")
         stems[stem] = name
-    numbers = [frame_number(n) for n in names]
+    numbers = frame_numbers(names)
     if None in numbers:
         return list(enumerate(names))
     numbered = sorted(zip(numbers, names), key=lambda p: (p[0], natural_key(p[1])))
@@ -58,7 +74,14 @@ def number_frames(names, folder):
             raise ValueError(f"{folder}: frames {first} and {second} both have frame number {a}: "
                              "expected one frame per number")
     start = numbered[0][0]
-    return [(n - start, name) for n, name in numbered]
+    stride = math.gcd(*(n - start for n, _ in numbered)) or 1
+    span = (numbered[-1][0] - start) // stride + 1
+    if span - len(numbered) > len(numbered):
+        logger.warning("%s: the numbers in the frame names (%d frames numbered %d..%d) leave more gaps than "
+                       "frames, so they are not taken as frame numbers: frames are consecutive in number order",
+                       folder, len(numbered), start, numbered[-1][0])
+        return [(i, name) for i, (_, name) in enumerate(numbered)]
+    return [((n - start) // stride, name) for n, name in numbered]
 
 
 def missing_indices(indices):

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..frames import warn_incomplete_video
+from ..frames import number_frames, warn_incomplete_video
 from ..io import image_size
 from .root import root_hint
 
@@ -46,24 +46,21 @@ def load_cityscapes_video(root, split):
             if not name.endswith(SUFFIX):
                 continue
             parts = name[: -len(SUFFIX)].split("_")
-            if len(parts) != 3:
+            if len(parts) != 3 or not parts[2].isdigit():
                 raise ValueError(f"unexpected Cityscapes frame name {name} in {city} "
-                                 f"(expected <city>_<seq>_<frame>{SUFFIX})")
-            snippets[f"{parts[0]}_{parts[1]}"].append((int(parts[2]), city, name))
+                                 f"(expected <city>_<seq>_<frame number>{SUFFIX})")
+            snippets[f"{parts[0]}_{parts[1]}"].append((city, name))
     if not snippets:
         raise ValueError(f"no frames found under {seq_root}")
 
     records, labelled, labels_used = [], 0, set()
     for video in sorted(snippets):
-        # frame_idx counts from the snippet's first frame number, so a missing frame stays a gap.
-        frames = sorted(snippets[video])
-        for (a, _, first), (b, _, second) in zip(frames, frames[1:]):
-            if a == b:
-                raise ValueError(f"Cityscapes snippet {video} has two frames numbered {a}: {first} and {second}")
-        start, city = frames[0][0], frames[0][1]
-        height, width = image_size(os.path.join(seq_root, city, frames[0][2]))
-        for number, city, name in frames:
-            stem = name[: -len(SUFFIX)]
+        city = snippets[video][0][0]  # the city is part of the snippet's name
+        # Numbered by their stems: the suffix's "8" (leftImg8bit) is no frame number.
+        frames = number_frames([name[: -len(SUFFIX)] for _, name in snippets[video]], os.path.join(seq_root, city))
+        height, width = image_size(os.path.join(seq_root, city, frames[0][1] + SUFFIX))
+        for idx, stem in frames:
+            name = stem + SUFFIX
             label = os.path.join(gt_root, city, stem + LABEL_SUFFIX)
             if os.path.isfile(label):
                 labelled += 1
@@ -77,11 +74,11 @@ def load_cityscapes_video(root, split):
                     "height": height,
                     "width": width,
                     "video_id": video,
-                    "frame_idx": number - start,
+                    "frame_idx": idx,
                     "image_id": stem,
                 }
             )
-        warn_incomplete_video(video, os.path.join(seq_root, city), [n - start for n, _, _ in frames])
+        warn_incomplete_video(video, os.path.join(seq_root, city), [idx for idx, _ in frames])
     orphans = [os.path.join(gt_root, city, name) for city in sorted(os.listdir(gt_root))
                if os.path.isdir(os.path.join(gt_root, city))
                for name in sorted(os.listdir(os.path.join(gt_root, city))) if name.endswith(LABEL_SUFFIX)]
