@@ -50,12 +50,13 @@ def number_frames(names, folder):
     When every name holds a number (`frame_numbers`), frames go in number order and
     frame_idx counts from the first frame's number in steps of the numbering's stride (the
     greatest common divisor of the differences, so that names taken every 5th frame of a
-    source video are consecutive): a missing frame leaves a gap in frame_idx. Numbers that leave more
-    gaps than there are frames (timestamps, say) are not a frame count: frames then go
-    in number order with frame_idx their position, and a warning says so. Names without
-    numbers go in natural name order with frame_idx their position. Two frames with the
-    same number or the same name stem (`folder`, for the message, is where they are) are
-    an error: their order, and which label belongs to which, would be a guess.
+    source video are consecutive): a missing frame leaves a gap in frame_idx. Numbers
+    that leave more gaps than there are frames (timestamps, say) are not a frame count:
+    frames then go in number order with frame_idx their position, and a warning says so.
+    Names without numbers go in natural name order with frame_idx their position. Two
+    frames with the same number or the same name stem (`folder`, for the message, is
+    where they are) are an error: their order, and which label belongs to which, would
+    be a guess.
     """
     names = sorted(names, key=natural_key)
     stems = {}
@@ -84,7 +85,7 @@ def number_frames(names, folder):
     return [((n - start) // stride, name) for n, name in numbered]
 
 
-def missing_indices(indices):
+def _missing(indices):
     """The frame_idx values absent between the first and the last of `indices` (increasing)."""
     missing = []
     for a, b in zip(indices, indices[1:]):
@@ -109,7 +110,7 @@ def warn_incomplete_video(video, frame_dir, indices, orphan_labels=()):
     `indices` are the video's frame_idx values in order; `orphan_labels` are label files
     that no frame has, which are not evaluated or trained on.
     """
-    missing = missing_indices(indices)
+    missing = _missing(indices)
     problems = []
     if missing:
         problems.append(f"{len(missing)} frame(s) missing from the numbering (frame_idx {_ranges(missing)}); "
