@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.vss-installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-fast test-gpu clean
 
 install: $(STAMP)
 
@@ -20,6 +20,12 @@ test: $(STAMP)
 # Fast subset for development.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Every CUDA path, compared and timed, into output/gpu_report.json (the optional kernels are
+# built first where nvcc and a CUDA torch exist). Without CUDA: says so, runs the CPU parts.
+test-gpu: $(STAMP)
+	VSS_EXTRAS=mamba bash tools/install.sh
+	$(PY) tools/gpu_check.py --report output/gpu_report.json
 
 clean:
 	rm -rf .venv build output *.egg-info

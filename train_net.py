@@ -6,6 +6,8 @@
     python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
 """
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vss.engine import Trainer, VSSCheckpointer, setup_cfg
 
@@ -13,6 +15,8 @@ from vss.engine import Trainer, VSSCheckpointer, setup_cfg
 def setup(args):
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    # vss's own messages (e.g. the resumed schedule) go to the console and OUTPUT_DIR/log.txt too
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vss")
     return cfg
 
 
@@ -20,7 +24,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

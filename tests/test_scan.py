@@ -312,6 +312,7 @@ def _require_cuda_kernel(module):
     pytest.importorskip(module)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("options", [(), ("D", "z"), OPTIONS])
 def test_mamba_kernel_matches_reference(options):
     _require_cuda_kernel("mamba_ssm")
@@ -325,6 +326,7 @@ def test_mamba_kernel_matches_reference(options):
     assert rel_err(final.cpu(), final_ref) <= 1e-4
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("with_state", [False, True])
 def test_causal_conv1d_kernel_matches_torch(with_state):
     _require_cuda_kernel("causal_conv1d")

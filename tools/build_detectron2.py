@@ -7,7 +7,10 @@ the detection C++ ops), apply the Pillow >= 10 fix, and install without build
 isolation so the extension compiles against the installed torch.
 
 Run with the interpreter of the target environment: ``python tools/build_detectron2.py``.
+On a machine without registry access, ``--offline DIR`` takes the sdist from DIR and installs
+it without dependencies (install detectron2's runtime requirements first, e.g. as wheels).
 """
+import argparse
 import glob
 import os
 import subprocess
@@ -73,13 +76,21 @@ def add_extension(src):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--offline", metavar="DIR", help="take the sdist from DIR; install without dependencies")
+    args = parser.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="d2build-") as tmp:
-        run([py, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--no-build-isolation", SDIST, "-d", tmp])
-        archives = glob.glob(os.path.join(tmp, "*.tar.gz"))
+        if args.offline:
+            pattern = os.path.join(args.offline, "pb1[-_]detectron2-0.6.tar.gz")
+            archives = glob.glob(pattern)
+        else:
+            run([py, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 "--no-build-isolation", SDIST, "-d", tmp])
+            pattern = os.path.join(tmp, "*.tar.gz")
+            archives = glob.glob(pattern)
         if len(archives) != 1:
-            sys.exit(f"[build_detectron2] expected one sdist archive in {tmp}, found {archives}")
+            sys.exit(f"[build_detectron2] expected one sdist archive matching {pattern}, found {archives}")
         with tarfile.open(archives[0]) as tar:
             tar.extractall(tmp, filter="data")
         (src,) = [d for d in glob.glob(os.path.join(tmp, "*")) if os.path.isdir(d)]
@@ -87,7 +98,8 @@ def main():
         add_extension(src)
         # No GPU ops are built, whatever the machine has.
         env = dict(os.environ, FORCE_CUDA="0", CUDA_VISIBLE_DEVICES="")
-        run([py, "-m", "pip", "install", "--no-build-isolation", src], env=env)
+        offline = ["--no-deps", "--no-index"] if args.offline else []
+        run([py, "-m", "pip", "install", "--no-build-isolation", *offline, src], env=env)
 
 
 if __name__ == "__main__":

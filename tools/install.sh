@@ -52,9 +52,11 @@ log "installing vss (editable) and its dependencies"
 pip install -q -e "$root[test]" || die "pip install -e . failed"
 
 if [ "${VSS_EXTRAS:-}" = "mamba" ]; then
-  if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && command -v nvcc >/dev/null; then
-    log "building the optional CUDA kernels mamba-ssm and causal-conv1d"
-    pip install --no-build-isolation "causal-conv1d>=1.4" "mamba-ssm>=2.2" || die "mamba kernels failed to build"
+  if has mamba_ssm causal_conv1d; then
+    log "mamba-ssm and causal-conv1d already importable"
+  elif "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && command -v nvcc >/dev/null; then
+    log "building the optional CUDA kernels causal-conv1d and mamba-ssm for this machine's GPUs (minutes)"
+    "$py" "$root/tools/build_kernels.py" || die "mamba kernels failed to build (see the log above)"
   else
     log "skipping mamba kernels: they need a CUDA GPU and nvcc (pure-PyTorch paths are used)"
   fi

@@ -142,6 +142,14 @@ def add_video_config(cfg):
     cfg.TEST.VSS.SAVE_PREDICTIONS = False
 
 
+def add_checkpoint_config(cfg):
+    """Loading MODEL.WEIGHTS (vss.engine.checkpoint)."""
+    # Load whatever fits from MODEL.WEIGHTS, warning about the rest, instead of failing when the
+    # checkpoint misses weights the model does not declare optional, has keys the model lacks
+    # or tensors of other shapes (e.g. fine-tuning on another number of classes).
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+
+
 def add_video_model_config(cfg):
     """Keys of the video meta-architecture (VideoSegmentor)."""
     cfg.MODEL.VIDEO = CN()
@@ -240,6 +248,7 @@ def add_vss_config(cfg):
     add_maskformer2_config(cfg)
     add_mit_config(cfg)
     add_video_config(cfg)
+    add_checkpoint_config(cfg)
     add_video_model_config(cfg)
     add_mpvss_config(cfg)
     add_tv3s_config(cfg)

@@ -6,9 +6,11 @@ filtered by what the configured sampler can use as a target.
 """
 import logging
 
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
 
 from .mappers import ClipMapper, FrameMapper, PairMapper
+from .train_loader import ResumableTrainLoader
 from .video import group_by_video
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,11 @@ def usable_targets(records, sampler, max_gap):
 
 
 def build_video_train_loader(cfg, mapper=None):
-    """detectron2's infinite training loader over the usable target frames of cfg.DATASETS.TRAIN."""
+    """An endless, resumable training loader over the usable target frames of cfg.DATASETS.TRAIN.
+
+    Its sample order and augmentations follow cfg.SEED (a random seed shared by all processes
+    when SEED < 0); checkpoints store the seed and the position (see ResumableTrainLoader).
+    """
     sampler = _check_sampler(cfg)
     if not cfg.DATASETS.TRAIN:
         raise ValueError("cfg.DATASETS.TRAIN names no dataset")
@@ -83,10 +89,14 @@ def build_video_train_loader(cfg, mapper=None):
                 ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none")
     if mapper is None:
         mapper = build_mapper(cfg, is_train=True, videos=videos)
-    return build_detection_train_loader(
-        dataset=targets,
-        mapper=mapper,
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+    world_size = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world_size:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+                         f"{world_size} training processes")
+    return ResumableTrainLoader(
+        targets, mapper, cfg.SOLVER.IMS_PER_BATCH // world_size,
+        seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        rank=comm.get_rank(), world_size=world_size,
     )

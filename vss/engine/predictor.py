@@ -53,7 +53,7 @@ class VideoPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            VSSCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            VSSCheckpointer(self.model, allow_partial=self.cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).load(self.cfg.MODEL.WEIGHTS)
         self.metadata = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if self.cfg.DATASETS.TEST else None
         self.reset()
 

@@ -1,16 +1,122 @@
-"""Trainer: detectron2's DefaultTrainer with this project's loaders, evaluator and solver."""
-import os
+"""Trainer: detectron2's DefaultTrainer with this project's loaders, evaluator and solver, and
+checkpoints that resume exactly.
 
+A checkpoint holds, besides the weights and the scheduler (DefaultTrainer's), the optimizer and
+AMP gradient-scaler state, the training loader's seed and position, and the python / numpy /
+torch RNG states of the training process, all as they were after the checkpoint's iteration.
+Samples are seeded by their place in the stream (vss.data.train_loader), so the data-loading
+workers hold no state of their own. An interrupted run resumed with `--resume` therefore ends
+with the weights of an uninterrupted one.
+"""
+import logging
+import os
+import random
+import weakref
+
+import numpy as np
+import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..data.build import build_video_train_loader
 from ..data.video import build_video_test_loader
 from ..evaluation import VSSEvaluator
+from .checkpoint import VSSCheckpointer
 from .optimizer import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+# Scheduler state that is progress, restored from a checkpoint. The rest (max_iters, warmup,
+# power) is the schedule, always the config's: a resumed run may change SOLVER.MAX_ITER.
+SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr")
+
+
+def rng_states():
+    """The global RNG states, in types that torch.load(weights_only=True) reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        self._rng_to_restore = None
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ makes its own checkpointer and then builds the hooks (the
+        # periodic checkpointer among them) from it: swap it for ours first.
+        self.checkpointer = VSSCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, for_training=True,
+            allow_partial=self.cfg.MODEL.WEIGHTS_ALLOW_PARTIAL, trainer=weakref.proxy(self),
+        )
+        return super().build_hooks()
+
+    def state_dict(self):
+        ret = super().state_dict()  # iteration, scheduler
+        ret["_trainer"] = self._trainer.state_dict()  # optimizer, AMP gradient scaler
+        ret["data"] = self.data_loader.state_dict()
+        ret["rng"] = rng_states()
+        ret["max_iter"] = self.max_iter
+        return ret
+
+    def load_state_dict(self, state_dict):
+        lacking = [k for k in ("_trainer", "data", "rng") if k not in state_dict]
+        if lacking:
+            logger.warning("the checkpoint holds no %s state (written before exact resume): resuming "
+                           "anyway, but the run will differ from an uninterrupted one", ", ".join(lacking))
+        hooks = dict(state_dict.get("hooks", {}))
+        saved_schedule = hooks.get("LRScheduler", {})
+        if saved_schedule:
+            fresh = self.scheduler.state_dict()
+            hooks["LRScheduler"] = {**fresh, **{k: saved_schedule[k] for k in SCHEDULER_PROGRESS if k in saved_schedule}}
+        super().load_state_dict({**state_dict, "hooks": hooks})
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data" in state_dict:
+            self.data_loader.load_state_dict(state_dict["data"])
+        self._rng_to_restore = state_dict.get("rng")
+        planned = state_dict.get("max_iter", saved_schedule.get("max_iters"))
+        if planned is not None and planned != self.max_iter:
+            logger.info("resuming after iteration %d of a run planned for %d iterations: continuing to "
+                        "SOLVER.MAX_ITER %d, with the learning-rate schedule recomputed for %d iterations",
+                        self.iter, planned, self.max_iter, self.max_iter)
+            # the optimizer holds the old schedule's learning rate: set this iteration's anew
+            self.scheduler.last_epoch -= 1
+            self.scheduler.step()
+
+    def before_train(self):
+        super().before_train()
+        # last, right before the first step: nothing between here and there draws random numbers
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # An evaluation during training (TEST.EVAL_PERIOD) must not move the training RNGs: a run
+        # resumed from the checkpoint written just before it does not replay it.
+        states = rng_states()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            set_rng_states(states)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_video_train_loader(cfg)

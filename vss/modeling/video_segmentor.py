@@ -34,6 +34,12 @@ Temporal heads of VideoSegmentor. A head is built as `head(cfg, backbone_shape)`
 
 @META_ARCH_REGISTRY.register()
 class VideoSegmentor(nn.Module):
+    # What training may start without (vss.engine.checkpoint): the temporal head, from a
+    # per-frame checkpoint; every head, from an ImageNet backbone. A per-frame Mask2Former
+    # checkpoint's criterion buffer is not needed (the temporal head makes its own from the config).
+    weights_may_miss = ("sem_seg_head.", "temporal.")
+    weights_ignored = ("criterion.",)
+
     @configurable
     def __init__(self, *, backbone, sem_seg_head, temporal, pixel_mean, pixel_std,
                  size_divisibility=32, max_open_videos=2, trainable=()):

@@ -253,6 +253,10 @@ class D2SwinTransformer(Backbone):
     channels embed_dim * 2^i), each LayerNorm-ed (`norm{i}`) and returned as B x C x h x w.
     Any input size works (padded internally); `size_divisibility` is the coarsest stride."""
 
+    # ImageNet Swin checkpoints have no output norms: a training start may lack them
+    # (vss.engine.checkpoint).
+    weights_may_miss = ("norm0.", "norm1.", "norm2.", "norm3.")
+
     @configurable
     def __init__(self, *, in_chans=3, pretrain_img_size=224, patch_size=4, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,

@@ -34,6 +34,9 @@ class MaskFormer(nn.Module):
     "width"; returns [{"sem_seg": (K, height, width) scores}].
     """
 
+    # What training may start without (vss.engine.checkpoint): the heads, from an ImageNet backbone.
+    weights_may_miss = ("sem_seg_head.", "criterion.")
+
     @configurable
     def __init__(
         self,

@@ -1,0 +1,383 @@
+#!/usr/bin/env python
+"""The GPU check behind `make test-gpu`: every CUDA path of vss run and compared, in one JSON report.
+
+On a machine with CUDA, in this order (each check is recorded even when an earlier one failed):
+
+1. kernels: mamba-ssm's selective scan and causal-conv1d's conv against the pure-PyTorch scan
+   and conv on the same GPU, with and without carried states, outputs, final states and
+   gradients (skipped, with the reason, where a package is not installed);
+2. the CUDA tests of the suite (`pytest -m cuda`);
+3. training under AMP (float16 autocast, gradient scaler) through the Trainer on the synthetic
+   videos: the tiny Mask2Former, MPVSS started from it, TV3S; loss at the start and the end;
+4. VideoPredictor in float16 against float32 with those weights on a validation video: share
+   of pixels whose labels agree (target: at least 99.5%);
+5. speed at 480x853, random weights: per-frame Mask2Former R50 against MPVSS R50 at K = 5 (the
+   MPVSS paper measures 1.75x on a V100) and TV3S MiT-B1 streamed one frame at a time.
+
+Without CUDA it says so and runs the CPU parts only: the pure-PyTorch scan and conv against
+their reference loops, and the training of the three models in float32 on the CPU (one step
+each by default). The exit status is 0 when every check that ran passed.
+
+    python tools/gpu_check.py [--report output/gpu_report.json] [--steps N]
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+
+from vss.data.synthetic import generate
+from vss.engine import Trainer, VideoPredictor, setup_cfg
+from vss.modeling.tv3s import scan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "mask2former": "configs/synthetic/mask2former_tiny.yaml",
+    "mpvss": "configs/synthetic/mpvss_query_flow.yaml",
+    "tv3s": "configs/synthetic/tv3s_tiny.yaml",
+}
+AGREEMENT_TARGET = 0.995
+KERNEL_RTOL = 1e-3  # float32 kernels against float32 PyTorch: summation order differs
+
+
+class Skip(Exception):
+    """A check that cannot run here; its message says why."""
+
+
+def wanted(report, name):
+    return not report["only"] or name.startswith(tuple(report["only"]))
+
+
+def save(report, path):
+    """Write the report as it stands: a run cut short still leaves every finished check."""
+    statuses = [c["status"] for c in report["checks"].values()]
+    report["summary"] = {s: statuses.count(s) for s in ("passed", "failed", "skipped")}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def run_check(report, name, fn, *args):
+    """Run one check, record its result (with timing, or the error) under report["checks"][name]
+    and save the report. Checks not named by --only are not run and not recorded (returns None).
+    """
+    if not wanted(report, name):
+        return None
+    print(f"[gpu_check] {name} ...", flush=True)
+    start = time.perf_counter()
+    try:
+        result = fn(*args)
+        status = "passed" if result.pop("ok", True) else "failed"
+    except Skip as e:
+        result, status = {"reason": str(e)}, "skipped"
+    except Exception as e:  # a broken check must not stop the others
+        result, status = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, "failed"
+    result = {"status": status, "seconds": round(time.perf_counter() - start, 2), **result}
+    report["checks"][name] = result
+    save(report, report["path"])
+    print(f"[gpu_check] {name}: {status} ({result['seconds']} s)"
+          + (f": {result.get('reason') or result.get('error')}" if status != "passed" else ""), flush=True)
+    return result
+
+
+def environment():
+    cuda = torch.cuda.is_available()
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if cuda:
+        env["device"] = torch.cuda.get_device_name(0)
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    for module in ("detectron2", "mamba_ssm", "causal_conv1d"):
+        try:
+            env[module] = getattr(__import__(module), "__version__", "installed")
+        except ImportError as e:
+            env[module] = f"not importable ({e})"
+    return env
+
+
+# ---- 1. scan and conv: fast path against the reference -------------------------------------------
+
+def _scan_inputs(device, with_state, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch, d_inner, d_state, length = 2, 64, 16, 200
+    t = {
+        "u": torch.randn(batch, d_inner, length, generator=g),
+        "delta": torch.randn(batch, d_inner, length, generator=g) * 0.5,
+        "A": -torch.rand(d_inner, d_state, generator=g) * 2 - 0.1,
+        "B": torch.randn(batch, d_state, length, generator=g),
+        "C": torch.randn(batch, d_state, length, generator=g),
+        "D": torch.randn(d_inner, generator=g),
+        "z": torch.randn(batch, d_inner, length, generator=g),
+        "delta_bias": torch.randn(d_inner, generator=g) * 0.1,
+    }
+    if with_state:
+        t["initial_state"] = torch.randn(batch, d_inner, d_state, generator=g)
+    return {k: v.to(device).requires_grad_() for k, v in t.items()}
+
+
+def _scan_outputs(fn, inputs):
+    y, final = fn(**inputs, delta_softplus=True, return_final_state=True)
+    # Gradients through y only: the CUDA kernel does not back-propagate through the final state.
+    (y * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum().backward()
+    grads = {k: v.grad.detach().clone() for k, v in inputs.items()}
+    return {"y": y.detach(), "final_state": final.detach(), **{f"grad_{k}": g for k, g in grads.items()}}
+
+
+def _rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def compare_paths(fast, reference, make_inputs, device, rtol):
+    """Relative errors of `fast` against `reference` on the same inputs, with and without carried state."""
+    result, ok = {}, True
+    for with_state in (False, True):
+        fast_out = _scan_outputs(fast, make_inputs(device, with_state))
+        ref_out = _scan_outputs(reference, make_inputs(device, with_state))
+        errors = {k: _rel_err(fast_out[k], ref_out[k]) for k in ref_out}
+        result["with_state" if with_state else "zero_state"] = errors
+        ok = ok and max(errors.values()) <= rtol
+    return {"ok": ok, "rtol": rtol, **result}
+
+
+def _conv_inputs(device, with_state, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = {"x": torch.randn(2, 64, 50, generator=g), "weight": torch.randn(64, 4, generator=g),
+         "bias": torch.randn(64, generator=g)}
+    if with_state:
+        t["initial_state"] = torch.randn(2, 64, 3, generator=g)
+    return {k: v.to(device).requires_grad_() for k, v in t.items()}
+
+
+def _conv_torch(**kw):
+    # the pure-PyTorch conv: the same call on CPU, where no kernel is ever used
+    device = kw["x"].device
+    out, final = scan.causal_conv1d(**{k: v.cpu() for k, v in kw.items()}, return_final_state=True,
+                                    activation="silu")
+    return out.to(device), final.to(device)
+
+
+def _conv_fast(**kw):
+    return scan.causal_conv1d(**kw, return_final_state=True, activation="silu")
+
+
+def _scan_fast(**kw):
+    return scan.selective_scan(**kw)
+
+
+def _scan_torch(**kw):
+    return scan.selective_scan_torch(**kw)
+
+
+def _scan_ref(**kw):
+    return scan.selective_scan_ref(**kw)
+
+
+def check_scan_kernel():
+    if scan._mamba_selective_scan() is None:
+        raise Skip("mamba-ssm is not importable (build it: VSS_EXTRAS=mamba bash tools/install.sh)")
+    return compare_paths(_scan_fast, _scan_torch, _scan_inputs, "cuda", KERNEL_RTOL)
+
+
+def check_conv_kernel():
+    if scan._causal_conv1d_kernel() is None:
+        raise Skip("causal-conv1d is not importable (build it: VSS_EXTRAS=mamba bash tools/install.sh)")
+    return compare_paths(_conv_fast, _conv_torch, _conv_inputs, "cuda", KERNEL_RTOL)
+
+
+def check_scan_cpu():
+    return compare_paths(_scan_torch, _scan_ref, _scan_inputs, "cpu", 1e-5)
+
+
+def check_scan_torch_cuda():
+    """The pure-PyTorch scan on the GPU against the reference loop on the GPU."""
+    return compare_paths(_scan_torch, _scan_ref, _scan_inputs, "cuda", 1e-4)
+
+
+# ---- 2. CUDA tests -------------------------------------------------------------------------------
+
+def check_cuda_tests():
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = os.path.join(tmp, "junit.xml")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests", f"--junitxml={xml}"],
+                              cwd=REPO, capture_output=True, text=True)
+        if not os.path.isfile(xml):
+            return {"ok": False, "error": "pytest wrote no report", "output": proc.stdout[-4000:] + proc.stderr[-4000:]}
+        cases = {}
+        for case in ET.parse(xml).iter("testcase"):
+            outcome = "passed"
+            for child in case:
+                if child.tag in ("failure", "error"):
+                    outcome = "failed"
+                elif child.tag == "skipped":
+                    outcome = f"skipped: {child.get('message', '')}"
+            cases[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    failed = [k for k, v in cases.items() if v == "failed"]
+    passed = sum(v == "passed" for v in cases.values())
+    return {
+        "ok": proc.returncode == 0 and not failed and passed > 0,
+        "passed": passed,
+        "failed": failed,
+        "skipped": {k: v for k, v in cases.items() if v.startswith("skipped")},
+        "output_tail": proc.stdout[-3000:],
+    }
+
+
+# ---- 3. training, 4. predictor in float16 ------------------------------------------------------
+
+def train(name, steps, device, amp, out_dir, weights=""):
+    """Train the tiny `name` model for `steps` iterations; returns the result and the final checkpoint."""
+    cfg = setup_cfg(os.path.join(REPO, TINY[name]), [
+        "MODEL.DEVICE", device, "MODEL.WEIGHTS", weights, "SOLVER.AMP.ENABLED", str(amp),
+        "SOLVER.MAX_ITER", str(steps), "SOLVER.WARMUP_ITERS", str(min(10, steps)),
+        "OUTPUT_DIR", os.path.join(out_dir, name), "DATASETS.TEST", "()",
+        "DATALOADER.NUM_WORKERS", "2" if device == "cuda" else "0",
+    ])
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    finite = bool(np.all(np.isfinite(losses)))
+    return {
+        # a loss that falls is asked of runs long enough to show it
+        "ok": finite and len(losses) == steps and (steps < 50 or last < first),
+        "amp": amp, "steps": steps, "loss_first10": float(first), "loss_last10": float(last),
+        "seconds_per_step": seconds / steps, "checkpoint": final,
+    }
+
+
+def check_half_predictor(name, weights, frames):
+    if weights is None:
+        raise Skip(f"no trained {name} weights (its training check failed)")
+    cfg = setup_cfg(os.path.join(REPO, TINY[name]), ["MODEL.DEVICE", "cuda", "MODEL.WEIGHTS", weights])
+    labels = {}
+    for half in (False, True):
+        predictor = VideoPredictor(cfg, half=half)
+        labels[half] = [out["sem_seg"].argmax(0).cpu() for out in predictor.run(frames)]
+    agree = np.mean([(a == b).float().mean().item() for a, b in zip(labels[False], labels[True])])
+    worst = min((a == b).float().mean().item() for a, b in zip(labels[False], labels[True]))
+    return {"ok": agree >= AGREEMENT_TARGET, "agreement": agree, "worst_frame_agreement": worst,
+            "target": AGREEMENT_TARGET, "frames": len(frames)}
+
+
+def val_frames(summary, count):
+    """The first `count` frames (BGR) of the first validation video of the synthetic set."""
+    folder = os.path.join(summary["root"], "data", summary["videos"]["val"][0], "origin")
+    names = sorted(os.listdir(folder))[:count]
+    return [cv2.imread(os.path.join(folder, n)) for n in names]
+
+
+# ---- 5. speed ----------------------------------------------------------------------------------
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("vss_benchmark", os.path.join(REPO, "tools", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_speed(configs, frames, repeats, height=480, width=853, device="cuda"):
+    """frames/s of each config (name -> path) taking turns on the same random video, float32."""
+    bench = _benchmark_module()
+    from vss.utils.flops import video_frames
+    models = {name: bench.build(os.path.join(REPO, path), ["MODEL.WEIGHTS", ""], device) for name, path in configs.items()}
+    video = video_frames(height, width, frames, fill=None, seed=0)
+    for f in video:
+        f["image"] = f["image"].to(device)
+    results = bench.benchmark(models, video, warmup=5, repeats=repeats)
+    out = {name: {"fps_mean": float(np.mean(r["fps"])), "fps_runs": r["fps"],
+                  "peak_allocated_mib": r["peak_bytes"] / 2**20} for name, r in results.items()}
+    out["size"] = f"{height}x{width}"
+    out["frames_per_run"] = frames
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", default=os.path.join(REPO, "output", "gpu_report.json"))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training iterations per model (default: 300 on CUDA, 1 on the CPU)")
+    parser.add_argument("--frames", type=int, default=50, help="frames per timed run of the speed checks")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model in the speed checks")
+    parser.add_argument("--only", default="", metavar="NAMES",
+                        help="comma-separated check names or name prefixes to run (default: all), e.g. "
+                             "train_tv3s,half_predictor_tv3s,speed")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    steps = args.steps or (300 if cuda else 1)
+
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "environment": environment(),
+              "only": [n for n in args.only.split(",") if n],
+              "path": args.report, "checks": {}}
+    print(f"[gpu_check] environment: {json.dumps(report['environment'])}", flush=True)
+    if not cuda:
+        print("[gpu_check] CUDA is not available on this machine: running the CPU parts only; "
+              "the CUDA checks are reported as skipped", flush=True)
+    root = MetadataCatalog.get("synthetic_vss_train").dataset_root
+    summary = generate(root)
+    print(f"[gpu_check] synthetic data: {summary['root']}", flush=True)
+
+    run_check(report, "scan_torch_vs_reference_cpu", check_scan_cpu)
+    trained = {}
+    device = "cuda" if cuda else "cpu"
+    with tempfile.TemporaryDirectory(prefix="vss-gpu-check-") as out_dir:
+        # MPVSS starts from the per-frame model, as in the paper
+        for name, weights in [("mask2former", ""), ("mpvss", None), ("tv3s", "")]:
+            weights = trained.get("mask2former", "") if weights is None else weights
+            result = run_check(report, f"train_{name}_{'amp' if cuda else 'cpu'}", train,
+                               name, steps, device, cuda, out_dir, weights)
+            if result is not None and result["status"] == "passed":
+                trained[name] = result["checkpoint"]
+        if cuda:
+            run_check(report, "scan_torch_vs_reference_cuda", check_scan_torch_cuda)
+            run_check(report, "mamba_selective_scan_vs_torch", check_scan_kernel)
+            run_check(report, "causal_conv1d_vs_torch", check_conv_kernel)
+            run_check(report, "pytest_cuda", check_cuda_tests)
+            frames = val_frames(summary, 20)
+            for name in TINY:
+                run_check(report, f"half_predictor_{name}", check_half_predictor, name, trained.get(name), frames)
+            run_check(report, "speed_mask2former_r50_vs_mpvss_r50_k5", check_speed,
+                      {"mask2former_r50": "configs/vspw/mask2former/R50.yaml", "mpvss_r50_k5": "configs/vspw/mpvss/R50.yaml"},
+                      args.frames, args.repeats)
+            speed = report["checks"].get("speed_mask2former_r50_vs_mpvss_r50_k5", {})
+            if speed.get("status") == "passed":
+                speed["speedup"] = speed["mpvss_r50_k5"]["fps_mean"] / speed["mask2former_r50"]["fps_mean"]
+            run_check(report, "speed_tv3s_mitb1_streaming", check_speed,
+                      {"tv3s_mitb1": "configs/vspw/tv3s/MiT-B1.yaml"}, args.frames, args.repeats)
+        else:
+            for name in ("scan_torch_vs_reference_cuda", "mamba_selective_scan_vs_torch", "causal_conv1d_vs_torch",
+                         "pytest_cuda", *(f"half_predictor_{n}" for n in TINY),
+                         "speed_mask2former_r50_vs_mpvss_r50_k5", "speed_tv3s_mitb1_streaming"):
+                if wanted(report, name):
+                    report["checks"][name] = {"status": "skipped", "reason": "no CUDA device"}
+
+    save(report, args.report)
+    print(f"[gpu_check] {report['summary']['passed']} passed, {report['summary']['failed']} failed, "
+          f"{report['summary']['skipped']} skipped; report: {args.report}", flush=True)
+    return 1 if report["summary"]["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
