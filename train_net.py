@@ -4,12 +4,13 @@
     python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
+    python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 """
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, VSSCheckpointer, setup_cfg
+from vss.engine import Trainer, VSSCheckpointer, launch, setup_cfg
 
 
 def setup(args):
@@ -42,4 +43,6 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        # --num-gpus N on the CPU starts N gloo processes (no CUDA, or MODEL.DEVICE cpu).
+        device=setup_cfg(args.config_file, args.opts).MODEL.DEVICE,
     )

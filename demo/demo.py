@@ -38,6 +38,7 @@ from vss.data.frames import natural_key
 from vss.data.io import read_frame
 from vss.engine import VideoPredictor, setup_cfg
 from vss.modeling.mpvss.propagation import MaskPropagation
+from vss.modeling.postprocess import output_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 15.0
@@ -237,12 +238,11 @@ def segment(predictor, source, writer, metadata, dataset):
     start = time.perf_counter()
     with tqdm.tqdm(zip(named, outputs), total=source.total, unit="frame", dynamic_ncols=True) as progress:
         for (name, frame), output in progress:
-            scores = output["sem_seg"]
             if count == 0:
-                _check_classes(scores.shape[0], classes, offset, dataset)
+                _check_classes(predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, classes, offset, dataset)
             key = key_frame_ran(predictor)
             keys = None if key is None else keys + key
-            labels = scores.argmax(0).to("cpu").numpy()
+            labels = output_labels(output).to("cpu").numpy()
             overlay = Visualizer(frame[:, :, ::-1], predictor.metadata).draw_sem_seg(labels).get_image()
             writer.write(name, overlay, (labels + offset).astype(np.uint8))
             count += 1
@@ -281,7 +281,7 @@ def main(argv=None):
         if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
             parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
         writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS)
-        predictor = VideoPredictor(cfg, half=args.half)
+        predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
         metadata = _metadata_fields(predictor, dataset)
         frames, seconds, keys = segment(predictor, source, writer, metadata, dataset)

@@ -377,3 +377,29 @@ def test_order_and_size_errors_name_the_video_and_file(tmp_path):
     records[1]["sem_seg_file_name"] = None  # no label to compare against: the video's size is used
     with pytest.raises(ValueError, match=r"'vid_x'.*frame_idx 1 .* is 3x3 but frame_idx 0 was 2x2"):
         ev.process(records[1:2], [scores(np.zeros((3, 3), np.uint8), 2)])
+
+
+def test_label_outputs_give_the_metrics_of_score_outputs(tmp_path):
+    rng = np.random.default_rng(3)
+    num_classes, shape = 3, (4, 5)
+    gts = {v: coherent_video(rng, 10, shape, num_classes) for v in ("v_a", "v_b")}
+    name, records = make_dataset(tmp_path, gts, num_classes)
+    preds = [np.where(rng.random(shape) < 0.2, rng.integers(0, num_classes, shape), gts[r["video_id"]][r["frame_idx"]])
+             .astype(np.uint8) for r in records]
+    results = []
+    for outputs in ([scores(p, num_classes, rng) for p in preds],
+                    [{"sem_seg_labels": torch.from_numpy(p).long()} for p in preds]):
+        ev = VSSEvaluator(name, distributed=False, vc_windows=(3,))
+        ev.process(records, outputs)
+        results.append(ev.evaluate()["sem_seg"])
+    assert results[0] == results[1] and not math.isnan(results[0]["mVC3"])
+
+
+def test_bad_label_outputs_name_the_file(tmp_path):
+    zero = np.zeros((2, 2), np.uint8)
+    name, records = make_dataset(tmp_path, {"vid_x": [zero]}, 2)
+    ev = VSSEvaluator(name, distributed=False)
+    with pytest.raises(ValueError, match=r"labels for .*00000.png have shape \(1, 2, 2\): expected \(H, W\)"):
+        ev.process(records, [{"sem_seg_labels": torch.zeros(1, 2, 2, dtype=torch.long)}])
+    with pytest.raises(ValueError, match=r"labels for .*00000.png range over \[0, 2\]: expected class ids in \[0, 1\]"):
+        ev.process(records, [{"sem_seg_labels": torch.tensor([[0, 2], [1, 0]])}])

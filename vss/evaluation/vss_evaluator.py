@@ -97,13 +97,7 @@ class VSSEvaluator(DatasetEvaluator):
         for record, output in zip(inputs, outputs):
             video, idx = str(record["video_id"]), int(record["frame_idx"])
             self._check_order(video, idx, record["file_name"])
-            scores = output["sem_seg"]
-            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
-                raise ValueError(
-                    f"prediction for {record['file_name']} has shape {tuple(scores.shape)}: "
-                    f"expected ({self._num_classes}, H, W) class scores"
-                )
-            pred = scores.argmax(dim=0).cpu().numpy().astype(self._pred_dtype)
+            pred = self._labels(record["file_name"], output).cpu().numpy().astype(self._pred_dtype)
             gt = None
             if record["sem_seg_file_name"] is not None:
                 gt = read_label(record["sem_seg_file_name"], self._num_classes, self._label_offset)
@@ -129,6 +123,25 @@ class VSSEvaluator(DatasetEvaluator):
             self._frames.append((idx, gt, pred))
             if self._save_predictions:
                 self._write_prediction(video, record["file_name"], pred)
+
+    def _labels(self, file_name, output):
+        """The frame's (H, W) labels from "sem_seg_labels" (models run inside `labels_only()`, as
+        Trainer.test runs them) or from (K, H, W) "sem_seg" scores."""
+        if "sem_seg_labels" not in output:
+            scores = output["sem_seg"]
+            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
+                raise ValueError(
+                    f"prediction for {file_name} has shape {tuple(scores.shape)}: "
+                    f"expected ({self._num_classes}, H, W) class scores"
+                )
+            return scores.argmax(dim=0)
+        labels = output["sem_seg_labels"]
+        if labels.dim() != 2 or 0 in labels.shape:
+            raise ValueError(f"predicted labels for {file_name} have shape {tuple(labels.shape)}: expected (H, W)")
+        if labels.min() < 0 or labels.max() >= self._num_classes:
+            raise ValueError(f"predicted labels for {file_name} range over [{labels.min()}, {labels.max()}]: "
+                             f"expected class ids in [0, {self._num_classes - 1}]")
+        return labels
 
     def _check_order(self, video, idx, file_name):
         if video != self._video:
