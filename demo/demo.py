@@ -34,6 +34,7 @@ import numpy as np
 import tqdm
 from detectron2.utils.visualizer import Visualizer
 
+from vss.data.frames import natural_key
 from vss.data.io import read_frame
 from vss.engine import VideoPredictor, setup_cfg
 from vss.modeling.mpvss.propagation import MaskPropagation
@@ -47,11 +48,6 @@ MAX_LABEL = 254
 
 class DemoError(Exception):
     """A problem with the demo's input, output or dataset metadata; main() exits with its message."""
-
-
-def _natural_key(path):
-    # frame2 before frame10 even without zero padding
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def frame_files(spec):
@@ -68,7 +64,7 @@ def frame_files(spec):
             raise DemoError(f"input pattern {spec!r} matches no file")
     else:
         raise DemoError(f"input {spec} does not exist (expected a video file, a folder of frames or a glob pattern)")
-    return sorted(paths, key=_natural_key)
+    return sorted(paths, key=natural_key)
 
 
 def _read_files(paths):

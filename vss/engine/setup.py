@@ -5,6 +5,7 @@ import torch
 from detectron2.config import get_cfg
 
 from ..config import add_vss_config
+from .config_merge import merge_config
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +18,7 @@ def setup_cfg(config_file, opts=(), freeze=True):
     """
     cfg = get_cfg()
     add_vss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, config_file, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
