@@ -4,6 +4,7 @@
     .venv/bin/python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
     .venv/bin/python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     .venv/bin/python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
+    .venv/bin/python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 
 Everything vss logs (dataset summaries, warnings, the per-class IoU table) goes to the
 console and to OUTPUT_DIR/log.txt with detectron2's own lines.
@@ -15,11 +16,11 @@ import warnings
 # with a FutureWarning on every command; nothing here scripts anything.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, VSSCheckpointer, check_weights, load_cfg, prepare_cfg
+from vss.engine import Trainer, VSSCheckpointer, check_weights, launch, load_cfg, prepare_cfg
 
 
 def setup(args):
@@ -57,4 +58,6 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        # --num-gpus N on the CPU starts N gloo processes (no CUDA, or MODEL.DEVICE cpu).
+        device=load_cfg(args.config_file, args.opts).MODEL.DEVICE,
     )

@@ -46,9 +46,11 @@ import tqdm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
+from vss.data.frames import natural_key
 from vss.data.io import read_frame
 from vss.engine import VideoPredictor, check_weights, setup_cfg
 from vss.modeling.mpvss.propagation import MaskPropagation
+from vss.modeling.postprocess import output_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 15.0
@@ -58,11 +60,6 @@ MAX_LABEL = 254
 
 class DemoError(Exception):
     """A problem with the demo's input, output or dataset metadata; main() exits with its message."""
-
-
-def _natural_key(path):
-    # frame2 before frame10 even without zero padding
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def frame_files(spec):
@@ -79,7 +76,7 @@ def frame_files(spec):
             raise DemoError(f"input pattern {spec!r} matches no file")
     else:
         raise DemoError(f"input {spec} does not exist (expected a video file, a folder of frames or a glob pattern)")
-    return sorted(paths, key=_natural_key)
+    return sorted(paths, key=natural_key)
 
 
 def _read_files(paths):
@@ -265,12 +262,11 @@ def segment(predictor, source, writer, metadata, dataset):
     start = time.perf_counter()
     with tqdm.tqdm(zip(named, outputs), total=source.total, unit="frame", dynamic_ncols=True) as progress:
         for (name, frame), output in progress:
-            scores = output["sem_seg"]
             if count == 0:
-                _check_classes(scores.shape[0], classes, offset, dataset)
+                _check_classes(predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, classes, offset, dataset)
             key = key_frame_ran(predictor)
             keys = None if key is None else keys + key
-            labels = scores.argmax(0).to("cpu").numpy()
+            labels = output_labels(output).to("cpu").numpy()
             overlay = Visualizer(frame[:, :, ::-1], predictor.metadata).draw_sem_seg(labels).get_image()
             writer.write(name, overlay, (labels + offset).astype(np.uint8))
             count += 1
@@ -317,7 +313,7 @@ def main(argv=None):
             raise DemoError(e) from None
         writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
         try:
-            predictor = VideoPredictor(cfg, half=args.half)
+            predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
         except ValueError as e:  # e.g. a checkpoint that does not fit the model
             raise DemoError(e) from None
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None

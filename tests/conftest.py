@@ -1,4 +1,4 @@
-import os
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,20 +11,17 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _reference_dir():
-    """The shared reference data (key lists, parity fixture), kept beside the repo."""
-    return Path(os.environ.get("VSS_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+# Reference data the tests compare against (upstream and official key lists, the upstream
+# Mask2Former parity fixture), kept in the repository so that every clone runs the whole suite.
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def reference_dir():
-    path = _reference_dir()
-    if not path.is_dir():
-        msg = f"reference data not found at {path} (set VSS_REFERENCE_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)  # CI always has it: a missing folder is a broken set-up
-        pytest.skip(msg)
-    return path
+    """tests/data; a missing folder or file fails the test that needs it, never skips it."""
+    if not DATA.is_dir():
+        pytest.fail(f"reference data folder {DATA} is missing: it is part of the repository (git checkout tests/data)")
+    return DATA
 
 
 def read_key_list(path, prefix=""):
@@ -41,3 +38,11 @@ def read_key_list(path, prefix=""):
         if name.startswith(prefix):
             keys[name[len(prefix):]] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
     return keys
+
+
+def load_script(path):
+    """Import a script that is not in a package (demo/demo.py) as a module."""
+    spec = importlib.util.spec_from_file_location(f"vss_script_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

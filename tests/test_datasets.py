@@ -1,5 +1,6 @@
 """Dataset registration and layout loading, including bad input."""
 import json
+import logging
 import os
 import uuid
 
@@ -250,3 +251,110 @@ def test_register_video_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"folder {tmp_path}/missing of dataset 'other' does not exist"):
         register_video_folders([["other", str(tmp_path / "missing"), "val"]])
     assert "other" not in DatasetCatalog.list()
+
+
+def write_frames(folder, names, value=0, size=(4, 6)):
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        Image.fromarray(np.full(size + (3,), value, np.uint8)).save(os.path.join(folder, name))
+
+
+def write_masks(folder, names, size=(4, 6)):
+    os.makedirs(folder, exist_ok=True)
+    for k, name in enumerate(names):
+        Image.fromarray(np.full(size, k + 1, np.uint8)).save(os.path.join(folder, name))
+
+
+def test_vspw_frames_in_number_order_without_padding(tmp_path):
+    names = [f"frame{k}" for k in range(1, 13)]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", [n + ".jpg" for n in names])
+    write_masks(tmp_path / "data" / "v" / "mask", [n + ".png" for n in names])
+    records = load_vspw_layout(str(tmp_path), "val")
+    # Plain string order would give frame1, frame10, frame11, frame12, frame2, ...
+    assert [os.path.basename(r["file_name"]) for r in records] == [n + ".jpg" for n in names]
+    assert [r["frame_idx"] for r in records] == list(range(12))  # counted from the first frame's number
+    assert [os.path.basename(r["sem_seg_file_name"]) for r in records] == [n + ".png" for n in names]
+
+
+def test_vspw_missing_frame_is_a_gap_and_warned_once(tmp_path, caplog):
+    write_vspw(tmp_path, {"v": 8, "w": 3})
+    for k in (3, 5, 6):
+        os.remove(tmp_path / "data" / "v" / "origin" / f"{k:05d}.jpg")  # their masks stay
+    with caplog.at_level(logging.WARNING, logger="vss.data.frames"):
+        records = load_vspw_layout(str(tmp_path), "val")
+    assert [(r["video_id"], r["frame_idx"]) for r in records] == [
+        ("v", 0), ("v", 1), ("v", 2), ("v", 4), ("v", 7), ("w", 0), ("w", 1), ("w", 2)]
+    assert records[3]["file_name"].endswith("v/origin/00004.jpg")
+    assert records[3]["sem_seg_file_name"].endswith("v/mask/00004.png")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1  # one per incomplete video, none for w
+    message = warnings[0]
+    assert "video v " in message and "3 frame(s) missing" in message and "frame_idx 3, 5-6" in message
+    for k in (3, 5, 6):
+        assert str(tmp_path / "data" / "v" / "mask" / f"{k:05d}.png") in message  # labels without a frame
+
+
+def test_vspw_frames_without_numbers_keep_natural_order(tmp_path):
+    names = ["b.jpg", "a.jpg", "c10.jpg", "c9.jpg"]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", names)
+    records = load_vspw_layout(str(tmp_path), "val")
+    assert [os.path.basename(r["file_name"]) for r in records] == ["a.jpg", "b.jpg", "c9.jpg", "c10.jpg"]
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("names, match", [
+    (["f1.jpg", "f01.jpg"], r"frames f01.jpg and f1.jpg both have frame number 1"),
+    (["0001.jpg", "0001.png"], r"two frames named 0001.jpg and 0001.png"),
+])
+def test_vspw_ambiguous_frame_names(tmp_path, names, match):
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", names)
+    with pytest.raises(ValueError, match=match) as e:
+        load_vspw_layout(str(tmp_path), "val")
+    assert str(tmp_path / "data" / "v" / "origin") in str(e.value)
+
+
+def test_cityscapes_missing_frame_is_a_gap(tmp_path, caplog):
+    seq_dir = tmp_path / "leftImg8bit_sequence" / "val" / "ulm"
+    gt_dir = tmp_path / "gtFine" / "val" / "ulm"
+    write_frames(seq_dir, [f"ulm_000003_{k:06d}_leftImg8bit.png" for k in (100, 101, 103)])
+    write_masks(gt_dir, [f"ulm_000003_{k:06d}_gtFine_labelTrainIds.png" for k in (101, 102)])
+    with caplog.at_level(logging.WARNING):
+        records = load_cityscapes_video(str(tmp_path), "val")
+    assert [r["frame_idx"] for r in records] == [0, 1, 3]
+    assert [r["sem_seg_file_name"] is not None for r in records] == [False, True, False]
+    assert "frame_idx 2" in caplog.text
+    assert str(gt_dir / "ulm_000003_000102_gtFine_labelTrainIds.png") in caplog.text
+
+
+def test_vspw_frames_numbered_with_a_stride_are_consecutive(tmp_path, caplog):
+    # Every 5th frame of a source video, one of them (25) deleted.
+    numbers = [10, 15, 20, 30, 35]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", [f"{n:08d}.jpg" for n in numbers])
+    with caplog.at_level(logging.WARNING, logger="vss.data.frames"):
+        records = load_vspw_layout(str(tmp_path), "val")
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 4, 5]
+    assert "1 frame(s) missing from the numbering (frame_idx 3)" in caplog.text
+
+
+def test_vspw_sparse_numbers_are_not_frame_numbers(tmp_path, caplog):
+    stamps = [1700000000123, 1700000000160, 1700000000201]  # capture times in milliseconds
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", [f"cam_{n}.jpg" for n in stamps])
+    with caplog.at_level(logging.WARNING, logger="vss.data.frames"):
+        records = load_vspw_layout(str(tmp_path), "val")
+    assert [r["frame_idx"] for r in records] == [0, 1, 2]
+    assert [os.path.basename(r["file_name"]) for r in records] == [f"cam_{n}.jpg" for n in stamps]
+    assert "leave more gaps than frames" in caplog.text and str(tmp_path / "data" / "v" / "origin") in caplog.text
+
+
+def test_vspw_frame_number_is_the_last_changing_number(tmp_path):
+    names = [f"cam2_frame{k}_rgb8.jpg" for k in (3, 1, 5, 2)]
+    (tmp_path / "val.txt").write_text("v\n")
+    write_frames(tmp_path / "data" / "v" / "origin", names)
+    records = load_vspw_layout(str(tmp_path), "val")
+    assert [os.path.basename(r["file_name"]) for r in records] == [f"cam2_frame{k}_rgb8.jpg" for k in (1, 2, 3, 5)]
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 4]

@@ -276,18 +276,80 @@ def test_video_split_across_processes_is_an_error(tmp_path, monkeypatch):
         evaluators[0].evaluate()
 
 
-def test_save_predictions_writes_raw_values(tmp_path):
+def official_vc_perclip(pred_dir, data_dir, num_classes, windows=(8, 16)):
+    """A transcription of the conventions of VSPW's official VC_perclip.py
+    (../shared/reference/OFFICIAL_CODE_FACTS.md, section 3) over saved prediction PNGs.
+
+    Ground truth: raw mask, 0 -> 255, minus 1, 254 -> 255. Predictions: read as they are
+    and compared with those 0-based train ids. Frames: sorted(os.listdir) of the
+    prediction folder; videos of <= 16 frames are skipped entirely. mIoU over the classes
+    present in the ground truth; VC windows start at range(N - n).
+    """
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    vc = {n: [] for n in windows}
+    for video in sorted(os.listdir(pred_dir)):
+        names = sorted(os.listdir(os.path.join(pred_dir, video)))
+        if len(names) <= 16:
+            continue
+        gts, preds = [], []
+        for name in names:
+            gt = np.array(Image.open(os.path.join(data_dir, "data", video, "mask", name))).astype(np.int64)
+            gt[gt == 0] = 255
+            gt = gt - 1
+            gt[gt == 254] = 255
+            pred = np.array(Image.open(os.path.join(pred_dir, video, name))).astype(np.int64)
+            valid = (gt >= 0) & (gt < num_classes)
+            conf += np.bincount(num_classes * gt[valid] + pred[valid],
+                                minlength=num_classes ** 2).reshape(num_classes, num_classes)
+            gts.append(gt)
+            preds.append(pred)
+        for n in windows:
+            for i in range(len(names) - n):
+                g, p = np.stack(gts[i:i + n]), np.stack(preds[i:i + n])
+                same_gt = (g == g[0]).all(axis=0)
+                same_pred = (p == p[0]).all(axis=0)
+                vc[n].append((same_gt & same_pred).sum() / same_gt.sum())
+    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
+    present = conf.sum(1) > 0
+    res = {"mIoU": 100 * iou[present].mean()}
+    res.update({f"mVC{n}": 100 * np.mean(vc[n]) for n in windows})
+    return res
+
+
+def test_saved_predictions_are_what_the_official_script_reads(tmp_path):
     rng = np.random.default_rng(2)
-    gts = {"vid_a": [rng.integers(0, 3, (3, 4)).astype(np.uint8) for _ in range(2)]}
+    gts = {"vid_a": coherent_video(rng, 18, (3, 4), 3), "vid_b": coherent_video(rng, 20, (3, 4), 3)}
+    gts["vid_a"][5][0, 0] = IGNORE
     name, records = make_dataset(tmp_path / "data", gts, 3)
-    preds = [rng.integers(0, 3, (3, 4)).astype(np.uint8) for _ in records]
+    # Mostly right, so that a shifted reading gives a different mIoU.
+    truth = [g for video in gts.values() for g in video]
+    preds = [np.where((rng.random(g.shape) < 0.8) & (g != IGNORE), g, rng.integers(0, 3, g.shape)).astype(np.uint8)
+             for g in truth]
     out = tmp_path / "pred"
-    run(name, records, preds, 3, output_dir=str(out), save_predictions=True)
-    for k, p in enumerate(preds):
-        written = np.asarray(Image.open(out / "vid_a" / f"{k:05d}.png"))
-        np.testing.assert_array_equal(written, p + 1)  # raw = train id + label_offset
+    ours = run(name, records, preds, 3, vc_windows=(8, 16), output_dir=str(out), save_predictions=True)
+    for r, p in zip(records, preds):
+        written = np.asarray(Image.open(out / r["video_id"] / os.path.basename(r["sem_seg_file_name"])))
+        np.testing.assert_array_equal(written, p)  # 0-based train ids, whatever the label offset
+    official = official_vc_perclip(str(out), str(tmp_path / "data"), 3)
+    assert 50 < official["mIoU"] < 100
+    for key, value in official.items():
+        assert ours[key] == pytest.approx(value, abs=1e-9), key
     with pytest.raises(ValueError, match="output_dir"):
         VSSEvaluator(name, save_predictions=True)
+
+
+def test_missing_frame_is_a_gap_no_window_spans(tmp_path):
+    # Frame 3 of 7 is deleted from the dataset; the prediction changes across the gap only.
+    zero, one = np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)
+    name, _ = make_dataset(tmp_path, {"v": [zero] * 7}, 2)
+    os.remove(tmp_path / "data" / "v" / "origin" / "00003.png")
+    records = DatasetCatalog.get(name)
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 4, 5, 6]
+    res = run(name, records, [zero, zero, zero, one, one, one], 2, vc_windows=(2, 3))
+    # Windows 0-1, 1-2, 4-5 (2) and 0-2 (3) are stable; those holding frames 2 and 4 would
+    # count as consecutive, and score 0, if the gap were closed up.
+    assert res["mVC2"] == 100 and res["mVC3"] == 100
+    assert res["pACC"] == pytest.approx(100 * 3 / 6)
 
 
 def test_order_and_size_errors_name_the_video_and_file(tmp_path):
@@ -315,3 +377,29 @@ def test_order_and_size_errors_name_the_video_and_file(tmp_path):
     records[1]["sem_seg_file_name"] = None  # no label to compare against: the video's size is used
     with pytest.raises(ValueError, match=r"'vid_x'.*frame_idx 1 .* is 3x3 but frame_idx 0 was 2x2"):
         ev.process(records[1:2], [scores(np.zeros((3, 3), np.uint8), 2)])
+
+
+def test_label_outputs_give_the_metrics_of_score_outputs(tmp_path):
+    rng = np.random.default_rng(3)
+    num_classes, shape = 3, (4, 5)
+    gts = {v: coherent_video(rng, 10, shape, num_classes) for v in ("v_a", "v_b")}
+    name, records = make_dataset(tmp_path, gts, num_classes)
+    preds = [np.where(rng.random(shape) < 0.2, rng.integers(0, num_classes, shape), gts[r["video_id"]][r["frame_idx"]])
+             .astype(np.uint8) for r in records]
+    results = []
+    for outputs in ([scores(p, num_classes, rng) for p in preds],
+                    [{"sem_seg_labels": torch.from_numpy(p).long()} for p in preds]):
+        ev = VSSEvaluator(name, distributed=False, vc_windows=(3,))
+        ev.process(records, outputs)
+        results.append(ev.evaluate()["sem_seg"])
+    assert results[0] == results[1] and not math.isnan(results[0]["mVC3"])
+
+
+def test_bad_label_outputs_name_the_file(tmp_path):
+    zero = np.zeros((2, 2), np.uint8)
+    name, records = make_dataset(tmp_path, {"vid_x": [zero]}, 2)
+    ev = VSSEvaluator(name, distributed=False)
+    with pytest.raises(ValueError, match=r"labels for .*00000.png have shape \(1, 2, 2\): expected \(H, W\)"):
+        ev.process(records, [{"sem_seg_labels": torch.zeros(1, 2, 2, dtype=torch.long)}])
+    with pytest.raises(ValueError, match=r"labels for .*00000.png range over \[0, 2\]: expected class ids in \[0, 1\]"):
+        ev.process(records, [{"sem_seg_labels": torch.tensor([[0, 2], [1, 0]])}])

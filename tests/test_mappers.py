@@ -7,6 +7,7 @@ to the crop window, the flip and the frame it came from.
 import logging
 import os
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from vss.data.augment import PhotometricDistortion, PhotometricTransform, augmen
 from vss.data.datasets import register_vspw_layout
 from vss.data.mappers import ClipMapper, FrameMapper, PairMapper, mask2former_targets
 from vss.data.video import group_by_video
+from vss.modeling.tv3s.head import StateSpaceSharing
 
 H, W = 40, 64
 NUM_CLASSES = 8
@@ -301,8 +303,51 @@ def test_pair_gap_bounds(small_video):
             assert (out["key_image"] == 10 * out["key_frame_idx"] + 5).all()
             assert (out["image"] == 10 * t + 5).all() and out["frame_idx"] == t
         assert gaps == set(range(1, max_gap + 1))
-    with pytest.raises(ValueError, match="first of video 'vid'.*earlier key frame"):
+    with pytest.raises(ValueError, match="00000.png.*'vid'.*no earlier frame within .*PAIR_MAX_GAP=10"):
         mapper(records[0])
+
+
+@pytest.fixture
+def gappy_video(small_video):
+    """small_video with frames 5..8 deleted before loading: frame_idx 0-4 and 9-14."""
+    name, records, _ = small_video
+    for k in range(5, 9):
+        os.remove(records[k]["file_name"])
+    records = DatasetCatalog.get(name)
+    return records, group_by_video(records)
+
+
+def test_pair_key_frames_skip_missing_frames(gappy_video):
+    records, videos = gappy_video
+    assert [r["frame_idx"] for r in records] == [0, 1, 2, 3, 4] + list(range(9, 15))
+    target = records[6]  # frame_idx 10: frames 6-8 within the gap of 4 are missing
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=4)
+    np.random.seed(0)
+    keys = {mapper(target)["key_frame_idx"] for _ in range(60)}
+    assert keys == {9}
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=6)
+    keys = set()
+    for _ in range(100):
+        out = mapper(target)
+        keys.add(out["key_frame_idx"])
+        assert (out["key_image"] == 10 * out["key_frame_idx"] + 5).all()  # the key image is that frame's
+    assert keys == {4, 9}
+    with pytest.raises(ValueError, match="00009.png.*no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP=3"):
+        kwargs_mapper(PairMapper, [], videos=videos, max_gap=3)(records[5])
+
+
+def test_clip_replaces_missing_frames_as_streaming_inference_does(gappy_video, caplog):
+    records, videos = gappy_video
+    forward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-7, -3, 0])
+    with caplog.at_level(logging.WARNING, logger="vss.data.mappers"):
+        out = forward(records[8])  # frame_idx 12: 5 and 9 wanted, 5 is missing
+    # The latest frame at or before 5 is 4, the frame the streaming TV3S head would use.
+    assert out["frame_indices"] == [4, 9, 12]
+    assert [int(im[0, 0, 0]) for im in out["images"]] == [45, 95, 125]
+    assert "missing" in caplog.text and "[5, 9, 12]" in caplog.text
+    # Played backwards, the mirror image: the earliest frame at or after the wanted one.
+    backward = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-7, -3, 0], reverse_prob=1.0)
+    assert backward(records[2])["frame_indices"] == [9, 9, 2]  # 9 and 5 wanted, 5 missing
 
 
 def test_clip_offsets_reversal_and_clamping(small_video, caplog):
@@ -413,3 +458,15 @@ def test_training_mapper_needs_class_metadata():
     cfg = make_cfg("test_mappers_never_registered")
     with pytest.raises(ValueError, match="'test_mappers_never_registered' has no stuff_classes"):
         FrameMapper(cfg, is_train=True)
+
+
+def test_clip_frames_agree_with_the_streaming_tv3s_head(gappy_video):
+    # Training clips must show the model what streaming inference will feed it, gaps included.
+    records, videos = gappy_video
+    offsets = [-9, -6, -3, 0]
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=offsets)
+    head = SimpleNamespace(clip_offsets=offsets)
+    for record in records:
+        t = record["frame_idx"]
+        stored = tuple((r["frame_idx"], r["frame_idx"]) for r in records if r["frame_idx"] <= t)
+        assert mapper.frame_indices(record, mapper.video_frames(record)) == StateSpaceSharing._clip(head, stored, t)

@@ -275,9 +275,9 @@ def test_semantic_postprocess_crops_padding_before_resizing():
     mask_pred[:, 2:, :] = 50.0  # padding: must not reach the output
     mask_pred[:, :, 3:] = 50.0
     cropped = semantic_inference(mask_cls, mask_pred[:, :2, :3])
-    same = semantic_postprocess(mask_cls, mask_pred, (2, 3), 2, 3)
+    same = semantic_postprocess(mask_cls, mask_pred, (2, 3), 2, 3)["sem_seg"]
     torch.testing.assert_close(same, cropped)
-    up = semantic_postprocess(mask_cls, mask_pred, (2, 3), 4, 6)
+    up = semantic_postprocess(mask_cls, mask_pred, (2, 3), 4, 6)["sem_seg"]
     expected = bilinear(cropped[None], (4, 6))[0]
     torch.testing.assert_close(up, expected)
     assert up.max() < semantic_inference(mask_cls, torch.full((1, 1, 1), 50.0)).max()

@@ -39,13 +39,13 @@ TRAIN_LOG = """\
 """
 
 
-def _eval_dir(tmp_path, name, log, k=None):
+def _eval_dir(tmp_path, name, log, k=None, policy="fixed"):
     """An OUTPUT_DIR as an eval-only run leaves it: log.txt and config.yaml."""
     folder = tmp_path / name
     folder.mkdir()
     (folder / "log.txt").write_text(log)
     if k is not None:
-        (folder / "config.yaml").write_text(f"MODEL:\n  MPVSS:\n    KEY_INTERVAL: {k}\n    KEY_POLICY: fixed\n")
+        (folder / "config.yaml").write_text(f"MODEL:\n  MPVSS:\n    KEY_INTERVAL: {k}\n    KEY_POLICY: {policy}\n")
     return folder
 
 
@@ -97,13 +97,13 @@ def test_log_with_several_datasets_needs_one_chosen(tmp_path):
 
 def test_k_from_config_beside_the_log_or_from_the_tag(tmp_path):
     with_config = _eval_dir(tmp_path, "eval_k10", _block("v", 41.5), k=10)
-    assert tool.load_result(str(with_config)) == (10, 41.5)
-    assert tool.load_result(str(with_config / "log.txt"), k_tag=10) == (10, 41.5)
+    assert tool.load_result(str(with_config)) == (10, 41.5, "fixed")
+    assert tool.load_result(str(with_config / "log.txt"), k_tag=10) == (10, 41.5, "fixed")
     with pytest.raises(ValueError, match=r"log.txt: tag says K=5 but .*config.yaml says K=10"):
         tool.load_result(str(with_config), k_tag=5)
 
     bare = _eval_dir(tmp_path, "bare", _block("v", 45.0))
-    assert tool.load_result(str(bare), k_tag=2) == (2, 45.0)
+    assert tool.load_result(str(bare), k_tag=2) == (2, 45.0, "fixed")
     with pytest.raises(ValueError, match=rf"{bare}/log.txt: K unknown; give it as K<k>:"):
         tool.load_result(str(bare))
     with pytest.raises(ValueError, match=r"no metric 'mAP' for task 'sem_seg'; it has \['WIoU', 'mIoU'\]"):
@@ -115,14 +115,14 @@ def test_k_from_config_beside_the_log_or_from_the_tag(tmp_path):
 def test_json_format(tmp_path):
     path = tmp_path / "k5.json"
     path.write_text(json.dumps({"K": 5, "sem_seg": {"mIoU": 47.1, "WIoU": 76.25}}))
-    assert tool.read_json_results(str(path)) == (5, {"mIoU": 47.1, "WIoU": 76.25})
-    assert tool.load_result(str(path), metric="WIoU") == (5, 76.25)
+    assert tool.read_json_results(str(path)) == (5, {"mIoU": 47.1, "WIoU": 76.25}, "fixed")
+    assert tool.load_result(str(path), metric="WIoU") == (5, 76.25, "fixed")
     with pytest.raises(ValueError, match=r"k5.json: tag says K=2 but .*k5.json \(\"K\"\) says K=5"):
         tool.load_result(str(path), k_tag=2)
 
     untagged = tmp_path / "untagged.json"
     untagged.write_text(json.dumps({"sem_seg": {"mIoU": 50.0}}))
-    assert tool.load_result(str(untagged), k_tag=3) == (3, 50.0)
+    assert tool.load_result(str(untagged), k_tag=3) == (3, 50.0, "fixed")
     with pytest.raises(ValueError, match=r"untagged.json: K unknown"):
         tool.load_result(str(untagged))
 
@@ -210,6 +210,42 @@ def test_main_errors_name_the_path(tmp_path):
     duplicate = f"copy=K2:{tmp_path / 'flow_k2'},{tmp_path / 'copy_k2'}"
     with pytest.raises(SystemExit, match=r"copy_k2: variant 'copy' already has a result for K=2"):
         tool.main(["--runs", duplicate, "--output", str(tmp_path / "p.png")])
-    with pytest.raises(SystemExit, match=r"error: cannot write .*nothing/p.png"):
-        tool.main(args + ["--output", str(tmp_path / "nothing" / "p.png")])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match=r"error: cannot write .*a_file/p.png"):
+        tool.main(args + ["--output", str(tmp_path / "a_file" / "p.png")])
     assert not (tmp_path / "p.png").exists()
+
+
+def test_main_creates_the_output_folder(tmp_path, capsys):
+    args = _runs(tmp_path)
+    args[1] = "copy=" + args[1]
+    png = tmp_path / "new" / "folder" / "plot.png"
+    tool.main(args + ["--output", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_adaptive_runs_are_labelled_and_not_mixed_with_fixed_ones(tmp_path, capsys):
+    adaptive = [_eval_dir(tmp_path, f"adaptive_k{k}", _block("v", 50.0 + k), k=k, policy="adaptive") for k in (2, 5)]
+    assert tool.load_result(str(adaptive[0])) == (2, 52.0, "adaptive")
+    path = tmp_path / "k10.json"
+    path.write_text(json.dumps({"K": 10, "KEY_POLICY": "adaptive", "sem_seg": {"mIoU": 61.0}}))
+    assert tool.load_result(str(path)) == (10, 61.0, "adaptive")
+
+    fixed = _eval_dir(tmp_path, "fixed_k10", _block("v", 40.0), k=10)
+    png = str(tmp_path / "p.png")
+    tool.main(["--runs", "flow=" + ",".join(map(str, adaptive + [path])), "--runs", f"copy={fixed}",
+               "--output", png, "--flops", "KEY=10,NONKEY=2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["flow", "(adaptive,", "K", "=", "longest", "interval)", "52.00", "55.00", "61.00"]
+    assert lines[3].split() == ["copy", "-", "-", "40.00"]
+    assert lines[5] == ("adaptive key-frame policy: plotted at K = MODEL.MPVSS.KEY_INTERVAL, the longest interval; "
+                        "its key frames may come sooner (the GFLOPs row assumes a key frame every K)")
+
+    with pytest.raises(SystemExit, match=rf"variant 'flow' mixes key-frame policies: {fixed} is fixed, "
+                                         rf"{adaptive[0]} adaptive; give them as two variants"):
+        tool.main(["--runs", f"flow={adaptive[0]},{fixed}", "--output", png])
+    path.write_text(json.dumps({"K": 10, "KEY_POLICY": "smart", "sem_seg": {"mIoU": 61.0}}))
+    with pytest.raises(ValueError, match=r"k10.json: \"KEY_POLICY\" must be one of \('fixed', 'adaptive'\), "
+                                         r"got 'smart'"):
+        tool.load_result(str(path))

@@ -128,3 +128,12 @@ def test_bad_frames_raise(trained, dataset):
 def test_half_needs_cuda(dataset):
     with pytest.raises(ValueError, match="half precision needs a CUDA device.*'cpu'"):
         VideoPredictor(_cfg("mask2former_tiny.yaml", dataset), half=True)
+
+
+def test_labels_only_gives_the_argmax_of_the_scores(trained):
+    _, cfg, _, frames = trained
+    scores, labels = VideoPredictor(cfg), VideoPredictor(cfg, labels_only=True)
+    for video_frames in frames.values():
+        for full, only in zip(scores.run(video_frames), labels.run(video_frames)):
+            assert set(only) == {"sem_seg_labels"} and only["sem_seg_labels"].shape == (HEIGHT, WIDTH)
+            assert torch.equal(only["sem_seg_labels"], full["sem_seg"].argmax(0))

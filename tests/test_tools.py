@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,11 +14,22 @@ from torch import nn
 from vss.engine import setup_cfg
 from vss.modeling.mask2former.ms_deform_attn import MSDeformAttn
 from vss.modeling.tv3s.scan import selective_scan_ref
-from vss.utils.flops import count_parameters, flop_analysis, video_flops, video_frames
+from vss.utils.flops import (
+    count_frames,
+    count_parameters,
+    flop_analysis,
+    frame_flops,
+    frame_plan,
+    plan_mismatches,
+    video_flops,
+    video_frames,
+)
 
 from conftest import REPO
 
 TINY = str(REPO / "configs" / "synthetic" / "mask2former_tiny.yaml")
+MPVSS_TINY = str(REPO / "configs" / "synthetic" / "mpvss_query_flow.yaml")
+TV3S_TINY = str(REPO / "configs" / "synthetic" / "tv3s_tiny.yaml")
 
 
 def load_tool(name):
@@ -191,33 +203,130 @@ def test_cpu_peak_memory_sees_a_transient_allocation():
 
 
 def run_tool(*args):
+    # a tool's own folder comes first on its path: PYTHONPATH makes it import this checkout's vss
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
+def test_count_frames_runs_the_video_up_to_the_counted_frames():
+    for count in ("fvcore", "hooks"):
+        model = MatmulNet().train()
+        counts = count_frames(model, 4, 6, {2, 1}, count)
+        assert [s[:2] for s in model.seen] == [("flops", 0), ("flops", 1), ("flops", 2)]
+        assert sorted(counts) == [1, 2] and model.training
+        # frame 2 runs the conv, frame 1 does not; the hooks see the conv and the linear only
+        fc = 24 * 20 if count == "hooks" else 24 * 20 + 24 * 24 * 5 + 24 * 30
+        conv = 24 * 4 * 27 + (24 * 4 if count == "hooks" else 0)  # hooks count the bias adds
+        assert counts[1] == {"": fc, "conv": 0, "fc": 24 * 20}
+        assert counts[2] == {"": conv + fc, "conv": conv, "fc": 24 * 20}
+    with pytest.raises(ValueError, match="unknown FLOP count 'ptflops'; expected one of"):
+        count_frames(model, 4, 6, {0}, "ptflops")
+
+
+def _tiny(config, *opts):
+    cfg = setup_cfg(config, [*opts, "MODEL.DEVICE", "cpu"])
+    return build_model(cfg), cfg
+
+
+def test_frame_plans_name_the_kinds_of_frames():
+    plan = frame_plan(_tiny(TINY)[0])
+    assert plan.kinds == {0: "frame"} and plan.period == (0,) and plan.same_as(7) == 0
+    assert "per-frame model" in plan.summary
+
+    plan = frame_plan(_tiny(MPVSS_TINY, "MODEL.MPVSS.KEY_INTERVAL", "3")[0])
+    assert plan.kinds == {0: "key frame", 1: "propagated frame"} and plan.period == (0, 1, 2)
+    assert [plan.same_as(i) for i in range(7)] == [0, 1, 1, 0, 1, 1, 0]
+    assert "K=3" in plan.summary and "adaptive" not in plan.summary
+    adaptive = frame_plan(_tiny(MPVSS_TINY, "MODEL.MPVSS.KEY_POLICY", "adaptive")[0])
+    assert "adaptive: key frames come at least that often" in adaptive.summary
+    assert frame_plan(_tiny(MPVSS_TINY, "MODEL.MPVSS.KEY_INTERVAL", "1")[0]).kinds == {0: "frame"}
+
+    plan = frame_plan(_tiny(TV3S_TINY)[0])
+    assert plan.kinds == {1: "streaming step"} and plan.period == (1,)
+    assert [plan.same_as(i) for i in range(4)] == [None, 1, 1, 1]
+    assert frame_plan(_tiny(TV3S_TINY, "MODEL.TV3S.INFERENCE", "clip")[0]).kinds == {0: "frame"}
+
+    class Other(nn.Module):
+        temporal = nn.Identity()
+
+    with pytest.raises(ValueError, match="no plan for the temporal head Identity; count every frame"):
+        frame_plan(Other())
+
+
+def test_plan_mismatches_find_frames_that_break_the_shortcut():
+    # MatmulNet's odd frames skip the conv: a "one frame" plan does not hold for it
+    model = MatmulNet()
+    plan = frame_plan(model)
+    per_frame = dict(enumerate(video_flops(model, 4, 6, frames=3)))
+    assert plan_mismatches(plan, per_frame) == [(1, 0)]
+    assert plan_mismatches(plan, {0: per_frame[0], 2: per_frame[2]}) == []
+
+
 @pytest.mark.slow
-def test_analyze_model_cli_on_tiny_mask2former(tmp_path):
+@pytest.mark.parametrize("config, opts", [
+    (MPVSS_TINY, ["MODEL.MPVSS.KEY_INTERVAL", "2"]),
+    (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1"]),  # one block: a shorter trace, same frame kinds
+])
+def test_one_frame_of_each_kind_equals_counting_every_frame(config, opts):
+    tool = load_tool("analyze_model")
+    cfg = setup_cfg(config, [*opts, "MODEL.DEVICE", "cpu"])
+    counts = ("fvcore", "hooks")
+    shortcut = tool.analyze(cfg, 64, 64, counts, intervals=(1, 2, 4))
+    full = tool.analyze(cfg, 64, 64, counts, frames=3, intervals=(1, 2, 4))
+    for count in counts:
+        each = full[count].pop("gflops_of_each_frame")
+        assert full[count].pop("shortcut_mismatches") == []
+        assert full[count] == shortcut[count]
+        if config == MPVSS_TINY:
+            # key, propagated, key
+            assert each[0] == each[2] > each[1]
+            assert shortcut[count]["gflops_per_frame"] == pytest.approx((each[0] + each[1]) / 2)
+            assert shortcut[count]["gflops_per_frame_with_key_interval"]["4"] == pytest.approx(
+                (each[0] + 3 * each[1]) / 4)
+        else:
+            # the first frame starts the states; every later one is the streaming step
+            assert each[1] == each[2] == shortcut[count]["gflops_per_frame"]
+    assert shortcut["fvcore"]["gflops_per_frame"] > shortcut["hooks"]["gflops_per_frame"]
+
+
+@pytest.mark.slow
+def test_analyze_model_cli_on_tiny_mask2former(tmp_path, capsys):
     out = tmp_path / "flops.json"
     stdout = run_tool("tools/analyze_model.py", "--config-file", TINY, "--height", "64", "--width", "96",
-                      "--frames", "2", "--json", str(out), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5")
+                      "--count", "both", "--json", str(out), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5")
     result = json.loads(out.read_text())
 
     cfg = setup_cfg(TINY, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
     params = count_parameters(model)
-    flops = flop_analysis(model, video_frames(64, 96, 1)[0]).total()
+    frame = video_frames(64, 96, 1)[0]
     assert result["parameters"] == params["total"] and result["trainable_parameters"] == params["trainable"]
-    assert result["gflops_of_each_frame"] == [flops / 1e9] * 2
-    assert result["gflops_per_frame"] == pytest.approx(flops / 1e9)
-    by_module = result["gflops_per_frame_by_module"]
-    assert set(by_module) == {"backbone", "sem_seg_head", "model itself"}
-    assert sum(by_module.values()) == pytest.approx(flops / 1e9)
-    assert by_module["model itself"] > 0  # semantic inference: einsum and upsampling
+    assert result["frames_counted"] == {"0": "frame"}
+    for count in ("fvcore", "hooks"):
+        flops = frame_flops(model, frame, count)
+        assert result[count]["gflops_per_frame"] == flops[""] / 1e9
+        by_module = result[count]["gflops_per_frame_by_module"]
+        assert by_module["backbone"] == flops["backbone"] / 1e9
+        assert sum(by_module.values()) == pytest.approx(flops[""] / 1e9)
+    assert result["fvcore"]["gflops_per_frame_by_module"]["model itself"] > 0  # semantic inference: einsum
+    assert result["hooks"]["gflops_per_frame_by_module"]["model itself"] == 0  # no module: no hook
     assert re.search(rf"parameters\s+{params['total']:,} \(", stdout)
-    assert re.search(rf"GFLOPs / frame\s+{flops / 1e9:.2f} \(mean over 2 frames, all equal\)", stdout)
+    assert "one frame counted (a per-frame model: every frame costs the same)" in stdout
+    assert re.search(rf"GFLOPs / frame \(fvcore\)\s+{result['fvcore']['gflops_per_frame']:.2f}\n", stdout)
+    assert re.search(r"GFLOPs / frame \(hooks, the TV3S release's counter\)\s+"
+                     rf"{result['hooks']['gflops_per_frame']:.2f}\n", stdout)
+
+    # --frames counts every frame and says whether the shortcut holds
+    load_tool("analyze_model").main(["--config-file", TINY, "--height", "64", "--width", "96", "--count", "hooks",
+                                     "--frames", "2", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"])
+    stdout = capsys.readouterr().out
+    g = f"{result['hooks']['gflops_per_frame']:.2f}"
+    assert re.search(rf"each frame\s+{g}, {g}\n", stdout)
+    assert "holds: every frame costs what its kind's frame costs" in stdout
 
 
 @pytest.mark.slow
@@ -229,6 +338,38 @@ def test_benchmark_cli_compares_two_configs():
     fps = [float(row[len(TINY):].split()[0]) for row in rows]
     ratio = re.search(r"speed ratio .+: ([0-9.]+)x frames/s", stdout)
     assert ratio and float(ratio.group(1)) == pytest.approx(fps[0] / fps[1], rel=0.02)
+
+
+def test_benchmark_quick_default_on_the_cpu(capsys):
+    tool = load_tool("benchmark")
+    tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith("5 frames of 32x48 per run, 1 runs per model, 1 warm-up frames, device cpu")
+    assert "(the quick CPU default; --full for 50 frames x 3 runs)" in out
+    # --full with every count given: the given ones win, and no quick-default note
+    tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu", "--full",
+               "--frames", "2", "--warmup", "0", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("2 frames of 32x48 per run, 1 runs per model, 0 warm-up frames") and "quick" not in out
+
+
+def test_benchmark_streaming_presets_and_report(tmp_path, capsys):
+    tool = load_tool("benchmark_streaming")
+    # the presets' windows: 50 frames quick, 100 with --full (checked before a model is built)
+    for preset, frames, window in [[], 60, 50], [["--full"], 150, 100]:
+        with pytest.raises(SystemExit):
+            tool.main(["--config-file", TV3S_TINY, "--frames", str(frames), *preset])
+        assert f"--frames ({frames}) must hold two windows of --window ({window}) frames" in capsys.readouterr().err
+    out = tmp_path / "stream.json"
+    tool.main(["--config-file", TV3S_TINY, "--height", "64", "--width", "64", "--frames", "4", "--window", "2",
+               "--warmup", "1", "--clip", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [len(v) for v in result["per_frame"].values()] == [4, 4, 4, 4]
+    assert result["summary"]["window"] == 2
+    assert (result["clip"]["frames"], result["clip"]["repeats"]) == (2, 1) and result["clip"]["clip_ms_per_frame"] > 0
+    # the carried state does not grow: every frame carries the same bytes
+    assert len(set(result["per_frame"]["state_bytes"])) == 1 and result["per_frame"]["state_bytes"][0] > 0
+    assert "one video of 4 frames of 64x64" in capsys.readouterr().out
 
 
 def test_benchmark_scan_baselines_compute_the_scan():

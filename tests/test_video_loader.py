@@ -75,9 +75,16 @@ def test_group_by_video_keeps_frame_order():
     assert videos["v2"] == records[4:6]
 
 
+def test_group_by_video_keeps_gaps():
+    records = [{"video_id": "v", "frame_idx": k, "file_name": f"v/{k}.jpg"} for k in (0, 2, 5)]
+    assert [r["frame_idx"] for r in group_by_video(records)["v"]] == [0, 2, 5]
+    assert list(VideoInferenceSampler(records, 0, 1)) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("swap, match", [
     (lambda r: r[1].update(frame_idx=0), r"video 'v0' has frame_idx 0 twice: v0/0.jpg and v0/1.jpg"),
-    (lambda r: r[1].update(frame_idx=2), r"video 'v0' is out of frame order: v0/1.jpg has frame_idx 2"),
+    (lambda r: r[1].update(frame_idx=5),
+     r"video 'v0' is out of frame order: v0/2.jpg has frame_idx 2 after v0/1.jpg with frame_idx 5"),
     (lambda r: r.append(dict(r[0])), r"records of video 'v0' are not consecutive"),
 ])
 def test_group_by_video_rejects_bad_order(swap, match):
@@ -172,6 +179,22 @@ def test_train_loader_pair_sampler_skips_first_frames(tmp_path, caplog):
     for d in samples:
         assert 1 <= d["frame_idx"] - d["key_frame_idx"] <= d["frame_idx"]
         assert (d["key_image"] == 10 * d["key_frame_idx"]).all()
+
+
+def test_train_loader_pair_sampler_drops_targets_after_a_long_gap(tmp_path, caplog):
+    name = write_dataset(tmp_path, {"v": 8})
+    for k in (2, 3, 4):
+        os.remove(tmp_path / "data" / "v" / "origin" / f"{k:05d}.png")
+    cfg = make_cfg([name], "pair")
+    cfg.INPUT.VIDEO.PAIR_MAX_GAP = 3
+    with caplog.at_level(logging.INFO, logger="vss.data.build"):
+        loader = build_video_train_loader(cfg)
+    assert "training on 3 of 5 frames" in caplog.text
+    assert "1 after missing frames, no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP=3" in caplog.text
+    samples = take(loader, 12)
+    # Frame 5 is 4 frames after frame 1, its nearest: it cannot be a target. Keys are never missing frames.
+    assert {d["frame_idx"] for d in samples} <= {1, 6, 7}
+    assert all(d["key_frame_idx"] in (0, 1, 5, 6) for d in samples)
 
 
 def test_train_loader_clip_sampler_over_two_datasets(tmp_path):

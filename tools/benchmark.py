@@ -14,6 +14,11 @@ milliseconds (approximate: the allocator may keep memory from earlier runs).
 Weights are random unless the config or the overrides set MODEL.WEIGHTS; the overrides
 apply to both configs.
 
+On the CPU the default is a quick run: 5 frames (one key-frame period of MPVSS at K = 5), 1 run,
+1 warm-up frame, about a minute for Mask2Former R50 at 480x853 on 2 cores. --full, and the
+default on CUDA, is the paper-size run (50 frames x 3 runs, 5 warm-up frames). --frames,
+--warmup and --repeats override either.
+
   python tools/benchmark.py --config-file configs/vspw/mask2former/R50.yaml \\
       --vs configs/vspw/mask2former/Swin-T.yaml --device cuda --half
 """
@@ -27,9 +32,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from tabulate import tabulate
+from tqdm import tqdm
 
 from vss.engine import setup_cfg
 from vss.utils.flops import DEFAULT_HEIGHT, DEFAULT_WIDTH, video_frames
+
+QUICK = {"frames": 5, "warmup": 1, "repeats": 1}
+FULL = {"frames": 50, "warmup": 5, "repeats": 3}
 
 
 def build(config_file, opts, device):
@@ -69,8 +78,11 @@ def _rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_video(model, frames, video_id, half):
-    """Seconds to segment `frames` one by one as the video `video_id`, and the peak memory in bytes."""
+def run_video(model, frames, video_id, half, done=None):
+    """Seconds to segment `frames` one by one as the video `video_id`, and the peak memory in bytes.
+
+    done: called after each frame (a progress bar's update).
+    """
     device = frames[0]["image"].device
     cuda = device.type == "cuda"
     if cuda:
@@ -80,27 +92,33 @@ def run_video(model, frames, video_id, half):
         start = time.perf_counter()
         for frame in frames:
             model([dict(frame, video_id=video_id)])
+            if done is not None:
+                done()
         if cuda:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     return seconds, torch.cuda.max_memory_allocated(device) if cuda else rss.growth
 
 
-def benchmark(models, frames, warmup, repeats, half=False):
+def benchmark(models, frames, warmup, repeats, half=False, progress=False):
     """{name: {"fps": [per repeat], "peak_bytes": max over runs}} for the dict of models.
 
     Every model first segments a `warmup`-frame video; then the models take turns, one
-    run of `frames` each, `repeats` times.
+    run of `frames` each, `repeats` times. progress: a progress bar with the time left (stderr).
     """
     results = {name: {"fps": [], "peak_bytes": 0} for name in models}
-    for name, model in models.items():
-        if warmup:
-            run_video(model, frames[:warmup], f"{name}/warmup", half)
-    for r in range(repeats):
+    total = len(models) * (warmup + repeats * len(frames))
+    with tqdm(total=total, unit="frame", disable=not progress, leave=False) as bar:
         for name, model in models.items():
-            seconds, peak = run_video(model, frames, f"{name}/run{r}", half)
-            results[name]["fps"].append(len(frames) / seconds)
-            results[name]["peak_bytes"] = max(results[name]["peak_bytes"], peak)
+            if warmup:
+                bar.set_description(f"{name} warm-up")
+                run_video(model, frames[:warmup], f"{name}/warmup", half, bar.update)
+        for r in range(repeats):
+            for name, model in models.items():
+                bar.set_description(f"{name} run {r + 1}/{repeats}")
+                seconds, peak = run_video(model, frames, f"{name}/run{r}", half, bar.update)
+                results[name]["fps"].append(len(frames) / seconds)
+                results[name]["peak_bytes"] = max(results[name]["peak_bytes"], peak)
     return results
 
 
@@ -124,15 +142,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--vs", metavar="FILE", help="a second config, run side by side")
-    parser.add_argument("--frames", type=int, default=50, help="frames per timed run (one video)")
-    parser.add_argument("--warmup", type=int, default=5, help="frames of the untimed first video")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model")
+    parser.add_argument("--full", action="store_true", help="the paper-size run on the CPU too (see above)")
+    parser.add_argument("--frames", type=int, help="frames per timed run (one video)")
+    parser.add_argument("--warmup", type=int, help="frames of the untimed first video")
+    parser.add_argument("--repeats", type=int, help="timed runs per model")
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for both configs: KEY VALUE ...")
     args = parser.parse_args(argv)
+    quick = not args.full and args.device == "cpu"
+    for key, value in (QUICK if quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if min(args.frames, args.repeats, args.height, args.width) < 1 or args.warmup < 0:
         parser.error("--frames, --repeats, --height and --width must be positive and --warmup not negative")
     if args.warmup > args.frames:
@@ -150,12 +173,13 @@ def main(argv=None):
     for f in frames:
         f["image"] = f["image"].to(args.device)
 
-    results = benchmark(models, frames, args.warmup, args.repeats, args.half)
+    results = benchmark(models, frames, args.warmup, args.repeats, args.half, progress=True)
     print(
         f"{args.frames} frames of {args.height}x{args.width} per run, {args.repeats} runs per model, "
         f"{args.warmup} warm-up frames, device {args.device}"
         + (" (float16 autocast)" if args.half else "")
         + (f", CPU threads: {torch.get_num_threads()}" if args.device == "cpu" else "")
+        + (" (the quick CPU default; --full for 50 frames x 3 runs)" if quick else "")
     )
     print(format_table(labels, results, args.device))
     if args.vs:

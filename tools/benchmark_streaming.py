@@ -16,8 +16,12 @@ size (bytes of the tensors the model keeps for the video) is exact on both.
 With a temporal head that has `infer_clip` (TV3S), the per-frame cost of streaming is also
 compared with one forward over a clip of --clip frames (fresh video each, median of --repeats).
 
+The default is a quick run (200 frames, windows of 50, 3 clip repeats: about a minute for the
+tiny TV3S at 120x160 on the CPU); --full is the long one (1,000 frames, windows of 100, 10
+repeats). --frames, --window, --warmup and --repeats override either.
+
   python tools/benchmark_streaming.py --config-file configs/synthetic/tv3s_tiny.yaml \\
-      --height 120 --width 160 --frames 1000 --json output/tv3s_tiny_streaming.json
+      --height 120 --width 160 --full --json output/tv3s_tiny_streaming.json
 """
 import argparse
 import dataclasses
@@ -30,9 +34,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from tabulate import tabulate
+from tqdm import tqdm
 
 from vss.engine import setup_cfg
 from vss.utils.flops import DEFAULT_HEIGHT, DEFAULT_WIDTH
+
+QUICK = {"frames": 200, "window": 50, "warmup": 5, "repeats": 3}
+FULL = {"frames": 1000, "window": 100, "warmup": 10, "repeats": 10}
 
 
 def random_frame(height, width, index, generator, device):
@@ -68,8 +76,8 @@ def _sync(device):
 
 
 @torch.no_grad()
-def stream_video(model, height, width, frames, video_id="stream", seed=0):
-    """Segment one video of random frames frame by frame.
+def stream_video(model, height, width, frames, video_id="stream", seed=0, done=None):
+    """Segment one video of random frames frame by frame; done() is called after each frame.
 
     Returns per-frame lists: "ms" (latency), "cpu_ms" (CPU time of this thread), "memory_bytes"
     (CUDA: peak allocated during the frame; CPU: resident set size after it) and "state_bytes"
@@ -91,13 +99,16 @@ def stream_video(model, height, width, frames, video_id="stream", seed=0):
         out["memory_bytes"].append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss())
         # peeking at the state the next frame would get changes nothing
         out["state_bytes"].append(state_bytes(model.states.get(video_id, i + 1)))
+        if done is not None:
+            done()
     return out
 
 
 @torch.no_grad()
-def clip_vs_stream(model, height, width, clip, repeats, seed=1):
+def clip_vs_stream(model, height, width, clip, repeats, seed=1, done=None):
     """Median ms per frame of `temporal.infer_clip` over `clip` frames and of streaming the same
-    frames one by one, each on a fresh video, alternating so that both see the same load."""
+    frames one by one, each on a fresh video, alternating so that both see the same load.
+    done(n) is called after each forward with the frames it segmented."""
     device = model.device
     generator = torch.Generator().manual_seed(seed)
     frames = [dict(random_frame(height, width, i, generator, device), video_id="clip") for i in range(clip)]
@@ -108,12 +119,16 @@ def clip_vs_stream(model, height, width, clip, repeats, seed=1):
         model.temporal.infer_clip(model, frames)
         _sync(device)
         timings["clip"].append(1000 * (time.perf_counter() - start) / clip)
+        if done is not None:
+            done(clip)
 
         start = time.perf_counter()
         for frame in frames:
             model([dict(frame, video_id=f"clip-stream-{r}")])
         _sync(device)
         timings["stream"].append(1000 * (time.perf_counter() - start) / clip)
+        if done is not None:
+            done(clip)
     return {name: statistics.median(t) for name, t in timings.items()}
 
 
@@ -177,12 +192,13 @@ def format_report(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--frames", type=int, default=1000, help="length of the streamed video")
-    parser.add_argument("--window", type=int, default=100, help="frames compared at the start and the end")
+    parser.add_argument("--full", action="store_true", help="the long run (see above)")
+    parser.add_argument("--frames", type=int, help="length of the streamed video")
+    parser.add_argument("--window", type=int, help="frames compared at the start and the end")
     parser.add_argument("--tolerance", type=float, default=0.1, help="allowed relative change of the mean latency")
-    parser.add_argument("--warmup", type=int, default=10, help="frames of an untimed video streamed first")
+    parser.add_argument("--warmup", type=int, help="frames of an untimed video streamed first")
     parser.add_argument("--clip", type=int, default=4, help="clip length of the clip-vs-stream comparison (0: skip)")
-    parser.add_argument("--repeats", type=int, default=10, help="repeats of the clip-vs-stream comparison")
+    parser.add_argument("--repeats", type=int, help="repeats of the clip-vs-stream comparison")
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -190,6 +206,9 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the numbers (and every frame's) to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    for key, value in (FULL if args.full else QUICK).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if min(args.frames, args.window, args.height, args.width, args.threads, args.repeats) < 1:
         parser.error("--frames, --window, --height, --width, --threads and --repeats must be positive")
     if 2 * args.window > args.frames:
@@ -210,9 +229,16 @@ def main(argv=None):
         parser.error(f"--clip {args.clip}: the temporal head {type(model.temporal).__name__} has no infer_clip "
                      "(pass --clip 0)")
 
-    if args.warmup:
-        stream_video(model, args.height, args.width, args.warmup, video_id="warmup")
-    per_frame = stream_video(model, args.height, args.width, args.frames)
+    total = args.warmup + args.frames + 2 * args.repeats * args.clip
+    with tqdm(total=total, unit="frame", leave=False) as bar:
+        if args.warmup:
+            bar.set_description("warm-up")
+            stream_video(model, args.height, args.width, args.warmup, video_id="warmup", done=bar.update)
+        bar.set_description("streaming")
+        per_frame = stream_video(model, args.height, args.width, args.frames, done=bar.update)
+        if args.clip:
+            bar.set_description("clip vs stream")
+            clip = clip_vs_stream(model, args.height, args.width, args.clip, args.repeats, done=bar.update)
     result = {
         "config": args.config_file,
         "opts": args.opts,
@@ -224,9 +250,8 @@ def main(argv=None):
         "summary": summarize(per_frame, args.window, args.tolerance),
     }
     if args.clip:
-        t = clip_vs_stream(model, args.height, args.width, args.clip, args.repeats)
-        result["clip"] = {"frames": args.clip, "repeats": args.repeats, "clip_ms_per_frame": t["clip"],
-                          "stream_ms_per_frame": t["stream"]}
+        result["clip"] = {"frames": args.clip, "repeats": args.repeats, "clip_ms_per_frame": clip["clip"],
+                          "stream_ms_per_frame": clip["stream"]}
     print(format_report(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -15,6 +15,11 @@ K is the JSON's "K"; for a log it is MODEL.MPVSS.KEY_INTERVAL of the config.yaml
 detectron2 saves beside it. A "K<k>:" tag in front of PATH gives K where neither exists and
 must agree with them where they do. Paths cannot contain commas.
 
+A run with the adaptive key-frame policy (MODEL.MPVSS.KEY_POLICY "adaptive" in config.yaml, or
+"KEY_POLICY": "adaptive" in the JSON) has key frames at most K frames apart, sooner when its
+confidence drops: it is plotted at K, labelled "(adaptive, K = longest interval)". A variant
+cannot mix the two policies.
+
 With --flops KEY=<gflops>,NONKEY=<gflops> a second panel shows the mean GFLOPs per frame,
 (key + (K - 1) * nonkey) / K: one key frame and K - 1 propagated frames, i.e. the mean over a
 clip whose length is a multiple of K. The same values are printed as a table.
@@ -43,6 +48,8 @@ _DATASET = re.compile(r"Evaluation results for (\S+) in csv format:")
 # written by default_setup when a run starts, i.e. when config.yaml beside the log is written
 _RUN_START = "Full config saved to "
 _TAG = re.compile(r"K(\d+):(.*)$")
+POLICIES = ("fixed", "adaptive")
+ADAPTIVE_LABEL = " (adaptive, K = longest interval)"
 
 
 def read_log_results(path, task="sem_seg", dataset=None):
@@ -109,7 +116,8 @@ def _parse_block(path, number, block):
 
 
 def read_json_results(path, task="sem_seg"):
-    """(K or None, {metric: value}) from a JSON file {"K": k, task: {metric: value}}."""
+    """(K or None, {metric: value}, key policy) from a JSON file
+    {"K": k, task: {metric: value}[, "KEY_POLICY": "fixed" or "adaptive"]}."""
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -120,32 +128,41 @@ def read_json_results(path, task="sem_seg"):
     k = data.get("K")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise ValueError(f"{path}: \"K\" must be a positive integer, got {k!r}")
-    return k, data[task]
+    return k, data[task], _policy(path, "\"KEY_POLICY\"", data.get("KEY_POLICY", "fixed"))
 
 
 def read_key_interval(config_path):
-    """MODEL.MPVSS.KEY_INTERVAL of a saved detectron2 config, None if it has none."""
+    """(MODEL.MPVSS.KEY_INTERVAL or None, MODEL.MPVSS.KEY_POLICY) of a saved detectron2 config."""
     with open(config_path, encoding="utf-8") as f:
         cfg = yaml.safe_load(f) or {}
-    value = cfg.get("MODEL", {}).get("MPVSS", {}).get("KEY_INTERVAL")
+    mpvss = cfg.get("MODEL", {}).get("MPVSS", {})
+    value = mpvss.get("KEY_INTERVAL")
     if value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"{config_path}: MODEL.MPVSS.KEY_INTERVAL must be a positive integer, got {value!r}")
+    return value, _policy(config_path, "MODEL.MPVSS.KEY_POLICY", mpvss.get("KEY_POLICY", "fixed"))
+
+
+def _policy(path, key, value):
+    if value not in POLICIES:
+        raise ValueError(f"{path}: {key} must be one of {POLICIES}, got {value!r}")
     return value
 
 
 def load_result(path, k_tag=None, metric="mIoU", task="sem_seg", dataset=None):
-    """(K, metric value) of one evaluation output (log, folder with log.txt, or JSON)."""
+    """(K, metric value, key policy) of one evaluation output (log, folder with log.txt, or JSON).
+
+    The policy is "fixed" unless config.yaml or the JSON says "adaptive"."""
     if os.path.isdir(path):
         path = os.path.join(path, "log.txt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.endswith(".json"):
-        k, metrics = read_json_results(path, task)
+        k, metrics, policy = read_json_results(path, task)
         source = f"{path} (\"K\")"
     else:
         metrics = read_log_results(path, task, dataset)
         config = os.path.join(os.path.dirname(path), "config.yaml")
-        k = read_key_interval(config) if os.path.isfile(config) else None
+        k, policy = read_key_interval(config) if os.path.isfile(config) else (None, "fixed")
         source = config
     if k is None and k_tag is None:
         raise ValueError(
@@ -158,7 +175,7 @@ def load_result(path, k_tag=None, metric="mIoU", task="sem_seg", dataset=None):
     value = metrics[metric]
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{path}: {metric} must be a number, got {value!r}")
-    return k if k is not None else k_tag, float(value)
+    return k if k is not None else k_tag, float(value), policy
 
 
 def parse_run(spec):
@@ -198,17 +215,23 @@ def average_gflops(key, nonkey, k):
 
 
 def collect(runs, metric="mIoU", task="sem_seg", dataset=None):
-    """{variant: {K: value}} from parsed --runs; one result per K and variant."""
+    """{variant label: {K: value}} from parsed --runs; one result per K and variant. A variant
+    run with the adaptive policy is labelled so (ADAPTIVE_LABEL)."""
     series = {}
     for name, items in runs:
-        if name in series:
+        if name in series or name + ADAPTIVE_LABEL in series:
             raise ValueError(f"--runs: variant {name!r} given twice")
-        points = series[name] = {}
+        points, policies = {}, {}
         for k_tag, path in items:
-            k, value = load_result(path, k_tag, metric, task, dataset)
+            k, value, policy = load_result(path, k_tag, metric, task, dataset)
             if k in points:
                 raise ValueError(f"{path}: variant {name!r} already has a result for K={k}")
             points[k] = value
+            policies.setdefault(policy, path)
+        if len(policies) > 1:
+            raise ValueError(f"--runs: variant {name!r} mixes key-frame policies: {policies['fixed']} is fixed, "
+                             f"{policies['adaptive']} adaptive; give them as two variants")
+        series[name + (ADAPTIVE_LABEL if "adaptive" in policies else "")] = points
     return series
 
 
@@ -269,7 +292,11 @@ def main(argv=None):
     print(format_table(series, args.metric, flops))
     if flops and args.flops_label:
         print(f"GFLOPs: {args.flops_label}")
+    if any(name.endswith(ADAPTIVE_LABEL) for name in series):
+        print("adaptive key-frame policy: plotted at K = MODEL.MPVSS.KEY_INTERVAL, the longest interval; its key "
+              "frames may come sooner" + (" (the GFLOPs row assumes a key frame every K)" if flops else ""))
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         plot_tradeoff(series, args.output, args.metric, flops, args.flops_label)
     except OSError as e:
         sys.exit(f"error: cannot write {args.output}: {e}")

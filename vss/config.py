@@ -142,7 +142,8 @@ def add_video_config(cfg):
     cfg.TEST.VSS = CN()
     # Window lengths of the video-consistency metric (mVC_n).
     cfg.TEST.VSS.VC_WINDOWS = [8, 16]
-    # Write predicted label PNGs in VSPW layout under OUTPUT_DIR/inference/<dataset>/.
+    # Write predicted label PNGs (0-based train ids, as VSPW's official scripts read them)
+    # under OUTPUT_DIR/inference/<dataset>/<video>/<frame>.png.
     cfg.TEST.VSS.SAVE_PREDICTIONS = False
 
 

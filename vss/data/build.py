@@ -40,14 +40,20 @@ def build_mapper(cfg, is_train=True, videos=None):
     return cls(cfg, videos=videos)
 
 
-def usable_targets(records, sampler):
-    """The records `sampler` can use as a training target, and {reason: count} for the rest."""
+def usable_targets(records, sampler, max_gap):
+    """The records `sampler` can use as a training target, and {reason: count} for the rest.
+
+    A "pair" target needs an earlier frame of its video at most `max_gap` frames before it.
+    """
     kept, dropped = [], {}
-    for rec in records:
+    for i, rec in enumerate(records):
+        prev = records[i - 1] if i and records[i - 1]["video_id"] == rec["video_id"] else None
         if rec.get("sem_seg_file_name") is None:
             reason = "unlabelled"
-        elif sampler == "pair" and rec["frame_idx"] < 1:
+        elif sampler == "pair" and prev is None:
             reason = "first frame of its video (a pair needs an earlier key frame)"
+        elif sampler == "pair" and rec["frame_idx"] - prev["frame_idx"] > max_gap:
+            reason = f"after missing frames, no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP={max_gap}"
         else:
             kept.append(rec)
             continue
@@ -74,7 +80,7 @@ def build_video_train_loader(cfg, mapper=None):
             raise ValueError(f"training dataset {name!r} has no frames")
         records.extend(dataset)
     videos = group_by_video(records)
-    targets, dropped = usable_targets(records, sampler)
+    targets, dropped = usable_targets(records, sampler, cfg.INPUT.VIDEO.PAIR_MAX_GAP)
     names = ", ".join(cfg.DATASETS.TRAIN)
     if not targets:
         raise ValueError(f"no usable training frames for sampler {sampler!r} in {names}: dropped {dropped}")

@@ -138,11 +138,13 @@ class FrameMapper:
 
 class _VideoMapper(FrameMapper):
     """A training mapper that reads other frames of the target's video from `videos`
-    (video_id -> records in frame order, from vss.data.video.group_by_video)."""
+    (video_id -> records in frame order, from vss.data.video.group_by_video).
+
+    Frames are found by frame_idx, which may skip values where a frame is missing."""
 
     def __init__(self, *, videos, **kwargs):
         super().__init__(is_train=True, **kwargs)
-        self.videos = videos
+        self.videos = {video: {r["frame_idx"]: r for r in frames} for video, frames in videos.items()}
 
     @classmethod
     def from_config(cls, cfg, is_train=True, videos=None):
@@ -155,16 +157,18 @@ class _VideoMapper(FrameMapper):
         return ret
 
     def video_frames(self, record):
-        frames = self.videos.get(record["video_id"])
+        """The target's video as {frame_idx: record}."""
+        frames = self.videos.get(record["video_id"], {})
         t = record["frame_idx"]
-        if frames is None or t >= len(frames) or frames[t]["file_name"] != record["file_name"]:
+        if t not in frames or frames[t]["file_name"] != record["file_name"]:
             raise ValueError(f"frame {record['file_name']} (video {record['video_id']!r}, frame {t}) is not "
                              "in the mapper's video index: build `videos` from the same records")
         return frames
 
 
 class PairMapper(_VideoMapper):
-    """A labelled frame t and its key frame t - r, r uniform in 1..min(max_gap, t).
+    """A labelled frame t and its key frame t - r, r uniform over the gaps 1..max_gap
+    that exist in the video (a missing frame is never a key frame).
 
     The earlier frame is the key frame, whose prediction is propagated to t; only
     t's label is read.
@@ -186,10 +190,12 @@ class PairMapper(_VideoMapper):
     def __call__(self, record):
         frames = self.video_frames(record)
         t = record["frame_idx"]
-        if t < 1:
-            raise ValueError(f"frame {record['file_name']} is the first of video {record['video_id']!r}: "
-                             "a pair needs an earlier key frame")
-        key_record = frames[t - int(np.random.randint(1, min(self.max_gap, t) + 1))]
+        keys = [k for k in range(t - self.max_gap, t) if k in frames]
+        if not keys:
+            raise ValueError(f"frame {record['file_name']} (video {record['video_id']!r}) has no earlier frame "
+                             f"within INPUT.VIDEO.PAIR_MAX_GAP={self.max_gap}: a pair needs an earlier key frame")
+        # keys[-r], r uniform in 1..len(keys): t - r when no frame is missing.
+        key_record = frames[keys[-np.random.randint(1, len(keys) + 1)]]
         image, label = self.read_labelled(record)
         key_image = self.read_image(key_record)
         images, labels, _ = augment_frames(self.augmentations, [key_image, image], [None, label], anchor=1)
@@ -213,8 +219,11 @@ class ClipMapper(_VideoMapper):
 
     With probability `reverse_prob` the video plays backwards: offsets are negated,
     so the context comes from later frames and the target stays last. Indices past
-    either end of the video are clamped to its first/last frame (logged once per
-    video), which repeats an end frame rather than dropping the sample.
+    either end of the video are clamped to its first/last frame, and a missing frame
+    (a gap in frame_idx) is replaced by the nearest frame further from the target, as
+    the streaming TV3S head picks "the latest frame at or before t + offset" at
+    inference (logged once per video): an existing frame is repeated rather than the
+    sample dropped.
     """
 
     @configurable
@@ -234,21 +243,29 @@ class ClipMapper(_VideoMapper):
         ret["reverse_prob"] = cfg.INPUT.VIDEO.REVERSE_PROB
         return ret
 
-    def frame_indices(self, record, num_frames):
+    def frame_indices(self, record, frames):
+        """The clip's frame_idx values; `frames` is the video's {frame_idx: record}."""
         t = record["frame_idx"]
         sign = -1 if np.random.rand() < self.reverse_prob else 1
         wanted = [t + sign * o for o in self.offsets]
-        indices = [min(max(i, 0), num_frames - 1) for i in wanted]
+        first, last = min(frames), max(frames)
+        indices = []
+        for i in wanted:
+            i = min(max(i, first), last)
+            step = -1 if i < t else 1
+            while i not in frames:  # ends at the first or last frame at the latest
+                i += step
+            indices.append(i)
         if indices != wanted and record["video_id"] not in self._clamped_videos:
             self._clamped_videos.add(record["video_id"])
-            logger.warning("video %s (%d frames): clip frames %s fall outside it and are clamped to %s; "
-                           "further clamps in this video are not logged", record["video_id"], num_frames,
-                           wanted, indices)
+            logger.warning("video %s (frames %d..%d, %d present): clip frames %s fall outside it or are missing "
+                           "and are clamped to %s; further clamps in this video are not logged",
+                           record["video_id"], first, last, len(frames), wanted, indices)
         return indices
 
     def __call__(self, record):
         frames = self.video_frames(record)
-        indices = self.frame_indices(record, len(frames))
+        indices = self.frame_indices(record, frames)
         images, labels = [], []
         for i in indices[:-1]:
             image = self.read_image(frames[i])

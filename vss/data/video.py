@@ -16,7 +16,7 @@ def video_spans(records):
     """[(video_id, start, stop)]: each video's records are records[start:stop].
 
     Validates the record contract: a video's records are consecutive and their
-    frame_idx run 0, 1, ..., n-1.
+    frame_idx increase; they may skip values, where a frame is missing (a gap).
     """
     spans = []
     seen = set()
@@ -28,21 +28,21 @@ def video_spans(records):
                                  "comes after another video's frames (two datasets with the same video id?)")
             seen.add(video)
             spans.append([video, i, i])
-        start = spans[-1][1]
-        expected = i - start
-        if idx != expected:
-            if 0 <= idx < expected:
-                raise ValueError(f"video {video!r} has frame_idx {idx} twice: "
-                                 f"{records[start + idx]['file_name']} and {rec['file_name']} "
-                                 "(two datasets with the same video id?)")
+        elif idx <= records[i - 1]["frame_idx"]:
+            prev = records[i - 1]
+            same = [r for r in records[spans[-1][1]:i] if r["frame_idx"] == idx]
+            if same:
+                raise ValueError(f"video {video!r} has frame_idx {idx} twice: {same[0]['file_name']} and "
+                                 f"{rec['file_name']} (two datasets with the same video id?)")
             raise ValueError(f"video {video!r} is out of frame order: {rec['file_name']} has frame_idx {idx} "
-                             f"where {expected} was expected (frames must run 0..n-1 in order)")
+                             f"after {prev['file_name']} with frame_idx {prev['frame_idx']} "
+                             "(frame_idx must increase within a video)")
         spans[-1][2] = i + 1
     return [tuple(s) for s in spans]
 
 
 def group_by_video(records):
-    """dict video_id -> that video's records in frame order (record i has frame_idx i)."""
+    """dict video_id -> that video's records in frame order (frame_idx increasing, gaps kept)."""
     return {video: records[start:stop] for video, start, stop in video_spans(records)}
 
 

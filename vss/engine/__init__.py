@@ -1,4 +1,5 @@
 from .checkpoint import VSSCheckpointer
+from .launch import create_ddp_model, launch
 from .optimizer import build_optimizer
 from .predictor import VideoPredictor
 from .setup import load_cfg, prepare_cfg, setup_cfg

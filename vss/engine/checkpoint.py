@@ -1,6 +1,6 @@
 """Checkpoints that are never half-written, and weights that never load silently wrong.
 
-`VSSCheckpointer` is detectron2's DetectionCheckpointer with two changes:
+`VSSCheckpointer` is detectron2's DetectionCheckpointer with three changes:
 
 - Saving writes a temporary file in the same folder, fsyncs it and renames it over the target
   (the `last_checkpoint` pointer too), so an interruption leaves the old file or the new one.
@@ -14,9 +14,13 @@
   criterion's class weights) may be missing from any checkpoint; the classifier keys of the
   ImageNet checkpoints upstream configs start from are ignored too (IMAGENET_EXTRAS). `allow_partial`
   (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
+- A missing, truncated or foreign checkpoint file is an error naming the file and what was
+  expected.
 """
 import os
+import pickle
 import re
+import zipfile
 from collections import Counter
 
 import torch
@@ -138,11 +142,25 @@ class VSSCheckpointer(DetectionCheckpointer):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename.encode()))
 
     def load(self, path, *args, **kwargs):
+        # fvcore reports a missing file with a bare assertion, after trying to fetch it as a URL.
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist: MODEL.WEIGHTS must be a local "
+                                    "checkpoint file (nothing is downloaded)")
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
         finally:
             self._loading = None
+
+    def _load_file(self, filename):
+        # A truncated or foreign file surfaces as an unpickling or zip error naming neither the file
+        # nor what was expected.
+        try:
+            return super()._load_file(filename)
+        except (EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError) as e:
+            raise ValueError(f"checkpoint {filename} cannot be read, it is truncated or not a checkpoint "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no data'}): expected "
+                             "a .pth written by torch.save or a .pkl of {'model': {name: array}}") from e
 
     def _log_incompatible_keys(self, incompatible):
         # Called by load() with what did not fit; fvcore only logs warnings here.

@@ -14,6 +14,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..data.augment import augment_frames, build_augmentations
+from ..modeling import postprocess
 from .checkpoint import VSSCheckpointer
 
 # Ids only have to differ between the videos of one model's state store; a process-wide
@@ -35,11 +36,13 @@ class VideoPredictor:
         metadata: metadata of cfg.DATASETS.TEST[0] (None when no test set is named).
     """
 
-    def __init__(self, cfg, half=False):
+    def __init__(self, cfg, half=False, labels_only=False):
         """
         Args:
             cfg: a config as from `setup_cfg`; MODEL.WEIGHTS is loaded when set.
             half: run under float16 autocast; only on CUDA devices.
+            labels_only: return {"sem_seg_labels": (H, W)} instead of the (K, H, W) scores, computed
+                without the full-size score map (see vss.modeling.postprocess).
         """
         self.cfg = cfg.clone()  # the model may edit its config
         device = torch.device(self.cfg.MODEL.DEVICE)
@@ -48,6 +51,7 @@ class VideoPredictor:
         if self.cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.cfg.INPUT.FORMAT!r}")
         self.half = half
+        self.labels_only = labels_only
         self.input_format = self.cfg.INPUT.FORMAT
         self.augmentations = build_augmentations(self.cfg, is_train=False)
         self.model = build_model(self.cfg)
@@ -71,7 +75,8 @@ class VideoPredictor:
                 order (as cv2.imread gives).
 
         Returns:
-            {"sem_seg": (K, H, W) class scores} at the frame's size.
+            {"sem_seg": (K, H, W) class scores} at the frame's size, or {"sem_seg_labels": (H, W)
+            int64} with labels_only (models not from this package give scores either way).
         """
         if not isinstance(frame, np.ndarray):
             raise TypeError(f"expected a frame as an HxWx3 uint8 numpy array (BGR), got {type(frame).__name__}")
@@ -89,7 +94,8 @@ class VideoPredictor:
             "video_id": self.video_id,
             "frame_idx": self.frame_idx,
         }
-        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.half):
+        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.half), \
+                postprocess.labels_only(self.labels_only):
             output = self.model([inputs])[0]
         # Only after success: a failed frame can be retried (or skipped) without a gap.
         self.frame_idx += 1

@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 
 from ..config import add_vss_config
 from ..data.datasets import register_video_folders
+from .config_merge import merge_config
 
 logger = logging.getLogger(__name__)
 
@@ -14,8 +15,7 @@ def load_cfg(config_file, opts=()):
     """get_cfg() + add_vss_config + the YAML file + `KEY VALUE` overrides, unfrozen."""
     cfg = get_cfg()
     add_vss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, config_file, opts)
     return cfg
 
 

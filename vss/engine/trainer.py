@@ -12,16 +12,19 @@ import logging
 import os
 import random
 import weakref
+from unittest import mock
 
 import numpy as np
 import torch
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, defaults
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..data.build import build_video_train_loader
 from ..data.video import build_video_test_loader
 from ..evaluation import VSSEvaluator
+from ..modeling.postprocess import labels_only
 from .checkpoint import VSSCheckpointer
+from .launch import create_ddp_model
 from .optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -56,7 +59,10 @@ def set_rng_states(states):
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         self._rng_to_restore = None
-        super().__init__(cfg)
+        # DefaultTrainer wraps the model with detectron2's create_ddp_model, which gives DDP
+        # device_ids that it rejects for a CPU model: ours leaves them out for CPU processes.
+        with mock.patch.object(defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes its own checkpointer and then builds the hooks (the
@@ -113,7 +119,9 @@ class Trainer(DefaultTrainer):
         # resumed from the checkpoint written just before it does not replay it.
         states = rng_states()
         try:
-            return super().test(cfg, model, evaluators)
+            # The evaluators need labels only: the models skip the full-size score maps.
+            with labels_only():
+                return super().test(cfg, model, evaluators)
         finally:
             set_rng_states(states)
 

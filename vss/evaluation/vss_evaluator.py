@@ -56,8 +56,9 @@ class VSSEvaluator(DatasetEvaluator):
             distributed (bool): gather results from all processes; only the main one reports.
             output_dir (str): where `save_predictions` writes `<video_id>/<frame stem>.png`.
             vc_windows (iterable[int]): window lengths n of mVC_n.
-            save_predictions (bool): write predicted label PNGs with raw values, in VSPW
-                layout, for the official scripts.
+            save_predictions (bool): write predicted label PNGs as VSPW's official scripts
+                (VC_perclip.py) read them: `<output_dir>/<video_id>/<frame stem>.png`, uint8,
+                0-based train ids, whatever the dataset's `label_offset`.
         """
         meta = MetadataCatalog.get(dataset_name)
         self._dataset_name = dataset_name
@@ -74,10 +75,10 @@ class VSSEvaluator(DatasetEvaluator):
         self._vc_windows = [int(n) for n in windows]
         if save_predictions and not output_dir:
             raise ValueError("save_predictions=True needs an output_dir to write the PNGs into")
-        if save_predictions and self._num_classes - 1 + self._label_offset > 255:
+        if save_predictions and self._num_classes > IGNORE_LABEL:
             raise ValueError(
-                f"dataset {dataset_name}: {self._num_classes} classes with label offset "
-                f"{self._label_offset} do not fit the 8-bit prediction PNGs"
+                f"dataset {dataset_name}: {self._num_classes} classes do not fit the 8-bit prediction "
+                f"PNGs (train ids 0..{IGNORE_LABEL - 1}; {IGNORE_LABEL} is the ignore value)"
             )
         # Predictions are stored compactly for the VC windows.
         self._pred_dtype = np.uint8 if self._num_classes <= 256 else np.int32
@@ -96,13 +97,7 @@ class VSSEvaluator(DatasetEvaluator):
         for record, output in zip(inputs, outputs):
             video, idx = str(record["video_id"]), int(record["frame_idx"])
             self._check_order(video, idx, record["file_name"])
-            scores = output["sem_seg"]
-            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
-                raise ValueError(
-                    f"prediction for {record['file_name']} has shape {tuple(scores.shape)}: "
-                    f"expected ({self._num_classes}, H, W) class scores"
-                )
-            pred = scores.argmax(dim=0).cpu().numpy().astype(self._pred_dtype)
+            pred = self._labels(record["file_name"], output).cpu().numpy().astype(self._pred_dtype)
             gt = None
             if record["sem_seg_file_name"] is not None:
                 gt = read_label(record["sem_seg_file_name"], self._num_classes, self._label_offset)
@@ -128,6 +123,25 @@ class VSSEvaluator(DatasetEvaluator):
             self._frames.append((idx, gt, pred))
             if self._save_predictions:
                 self._write_prediction(video, record["file_name"], pred)
+
+    def _labels(self, file_name, output):
+        """The frame's (H, W) labels from "sem_seg_labels" (models run inside `labels_only()`, as
+        Trainer.test runs them) or from (K, H, W) "sem_seg" scores."""
+        if "sem_seg_labels" not in output:
+            scores = output["sem_seg"]
+            if scores.dim() != 3 or scores.shape[0] != self._num_classes:
+                raise ValueError(
+                    f"prediction for {file_name} has shape {tuple(scores.shape)}: "
+                    f"expected ({self._num_classes}, H, W) class scores"
+                )
+            return scores.argmax(dim=0)
+        labels = output["sem_seg_labels"]
+        if labels.dim() != 2 or 0 in labels.shape:
+            raise ValueError(f"predicted labels for {file_name} have shape {tuple(labels.shape)}: expected (H, W)")
+        if labels.min() < 0 or labels.max() >= self._num_classes:
+            raise ValueError(f"predicted labels for {file_name} range over [{labels.min()}, {labels.max()}]: "
+                             f"expected class ids in [0, {self._num_classes - 1}]")
+        return labels
 
     def _check_order(self, video, idx, file_name):
         if video != self._video:
@@ -176,11 +190,16 @@ class VSSEvaluator(DatasetEvaluator):
             self._vc_values[n].append(agree / stable if stable else math.nan)
 
     def _write_prediction(self, video, file_name, pred):
+        # Train ids, not raw ids (train id + label_offset): the official scripts compare the PNG
+        # values with the ground truth after mapping it to 0-based train ids.
         folder = os.path.join(self._output_dir, video)
-        os.makedirs(folder, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(file_name))[0]
-        raw = (pred.astype(np.int64) + self._label_offset).astype(np.uint8)
-        Image.fromarray(raw).save(os.path.join(folder, stem + ".png"))
+        path = os.path.join(folder, os.path.splitext(os.path.basename(file_name))[0] + ".png")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(pred.astype(np.uint8)).save(path)
+        except OSError as e:
+            raise OSError(f"cannot write the predicted labels of {file_name} to {path} "
+                          f"(TEST.VSS.SAVE_PREDICTIONS): {e.strerror or e}") from None
 
     def evaluate(self):
         videos = set(self._closed_videos)

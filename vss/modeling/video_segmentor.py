@@ -26,7 +26,8 @@ Temporal heads of VideoSegmentor. A head is built as `head(cfg, backbone_shape)`
 - `losses(model, batched_inputs) -> dict` for a training batch (pairs, clips, ...);
 - `infer(model, frame, state) -> (output, state)` for one frame dict of a video, where
   `state` is what it returned for the previous frame of the same video (None at the
-  first frame) and `output` is {"sem_seg": K x height x width};
+  first frame) and `output` is {"sem_seg": K x height x width} (from
+  `postprocess.sem_seg_output`: {"sem_seg_labels": height x width} inside `labels_only()`);
 - optionally `infer_clip(model, frames) -> list of outputs`, one forward over a clip.
 `model` is the VideoSegmentor, giving access to its backbone, head and preprocessing.
 """

@@ -1,4 +1,14 @@
 """Model analysis helpers shared by the tools."""
-from .flops import count_parameters, flop_analysis, video_flops, video_frames
+from .flops import count_frames, count_parameters, flop_analysis, frame_flops, frame_plan, video_flops, video_frames
+from .hook_flops import hook_flops
 
-__all__ = ["count_parameters", "flop_analysis", "video_flops", "video_frames"]
+__all__ = [
+    "count_frames",
+    "count_parameters",
+    "flop_analysis",
+    "frame_flops",
+    "frame_plan",
+    "hook_flops",
+    "video_flops",
+    "video_frames",
+]

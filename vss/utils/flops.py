@@ -6,15 +6,29 @@ apply, with one addition: `aten::baddbmm`, which recent torch emits for masked a
 where older torch emitted `bmm`, counts as a batched matmul. The deformable attention's
 grid_sample counts 4 FLOPs per sampled value (fvcore's bilinear rule), like upstream
 Mask2Former's pure-PyTorch path: that is what the published 110.6G (R50) includes.
+
+`count="hooks"` counts instead as the TV3S release did (hook_flops.py), to compare with its
+published numbers.
+
+Video models cost differently on different frames, but only a few kinds of frames exist
+(`frame_plan`): tracing one frame of each kind gives the per-frame cost of any video.
 """
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import bmm_flop_jit
 from torch import nn
+from tqdm import tqdm
 
+from ..modeling.mpvss.propagation import MaskPropagation
+from ..modeling.tv3s.head import StateSpaceSharing
+from .hook_flops import hook_flops
+
+COUNTS = ("fvcore", "hooks")
 DEFAULT_HEIGHT = 480
 DEFAULT_WIDTH = 853
 DEFAULT_FRAMES = 15
@@ -98,23 +112,119 @@ def flop_analysis(model, frame):
     return analysis
 
 
-def video_flops(model, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, frames=DEFAULT_FRAMES):
-    """FLOPs of each frame of a video of zero frames, in order; the model keeps its video state.
+def frame_flops(model, frame, count="fvcore"):
+    """FLOPs of `model([frame])`: a Counter with "" -> the whole model and each direct child of
+    the model (e.g. "backbone", "sem_seg_head") -> its share.
 
-    Returns one Counter per frame: "" -> the whole model, and each direct child of the model
-    (e.g. "backbone", "sem_seg_head") -> its share. The mean of the "" entries is the
-    per-frame cost the papers report for video models (e.g. MPVSS averages key and
-    propagated frames); a per-frame model gives equal frames.
+    count: "fvcore" (flop_analysis) or "hooks" (hook_flops, the TV3S release's convention).
     """
-    names = [""] + [name for name, _ in model.named_children()]
+    names = [name for name, _ in model.named_children()]
+    if count == "fvcore":
+        by_module = flop_analysis(model, frame).by_module()
+        # the traced wrapper holds the model as its child "model"
+        return Counter({"": by_module["model"], **{name: by_module[f"model.{name}"] for name in names}})
+    if count == "hooks":
+        out = Counter({name: 0 for name in names})
+        out[""] = 0
+        for name, flops in hook_flops(model, lambda: model([frame])).items():
+            out[name.split(".")[0]] += flops
+            out[""] += flops
+        return out
+    raise ValueError(f"unknown FLOP count {count!r}; expected one of {COUNTS}")
+
+
+def count_frames(model, height, width, counted, count="fvcore", progress=False):
+    """FLOPs of some frames of one video of zero frames, {frame_idx: frame_flops Counter}.
+
+    Frames 0..max(counted) run in order, in eval mode, so that each counted frame sees the
+    video state its predecessors left; the others are not counted. The model's train/eval mode
+    is restored. progress: show a progress bar (on stderr).
+    """
+    if count not in COUNTS:
+        raise ValueError(f"unknown FLOP count {count!r}; expected one of {COUNTS}")
+    counted = set(counted)
+    if not counted or min(counted) < 0:
+        raise ValueError(f"count_frames: frames to count must be >= 0, got {sorted(counted)}")
+    frames = video_frames(height, width, max(counted) + 1, video_id="flops")
     was_training = model.training
     model.eval()
     try:
-        counts = []
-        for frame in video_frames(height, width, frames, video_id="flops"):
-            by_module = flop_analysis(model, frame).by_module()
-            # the traced wrapper holds the model as its child "model"
-            counts.append(Counter({name: by_module[f"model.{name}" if name else "model"] for name in names}))
-        return counts
+        out = {}
+        bar = tqdm(frames, desc=f"{count} count", unit="frame", disable=not progress, leave=False)
+        for frame in bar:
+            i = frame["frame_idx"]
+            if i in counted:
+                bar.set_postfix_str(f"counting frame {i}")
+                out[i] = frame_flops(model, frame, count)
+            else:
+                bar.set_postfix_str(f"running frame {i} (for the state it leaves)")
+                with torch.no_grad():
+                    model([frame])
+        return out
     finally:
         model.train(was_training)
+
+
+def video_flops(model, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, frames=DEFAULT_FRAMES, count="fvcore"):
+    """FLOPs of every frame of a video of `frames` zero frames, in order: one frame_flops Counter
+    per frame. The mean of the "" entries is the per-frame cost the papers report for video
+    models (e.g. MPVSS averages key and propagated frames); a per-frame model gives equal frames.
+    """
+    per_frame = count_frames(model, height, width, range(frames), count)
+    return [per_frame[i] for i in range(frames)]
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """The kinds of frames a model's video inference has, so that one of each is counted.
+
+    Attributes:
+        kinds: {frame_idx: name} the frames to count, one per kind, in a video from frame 0.
+        same_as: frame_idx -> the counted frame of its kind (None: a frame of no counted kind,
+            e.g. a streaming model's first frame).
+        period: frames whose mean cost is the model's cost per frame (the steady state).
+        summary: what was counted and why, for the tools' output.
+    """
+
+    kinds: dict
+    same_as: Callable[[int], Optional[int]]
+    period: tuple
+    summary: str
+
+
+def frame_plan(model):
+    """The FramePlan of `model`: per-frame models (no temporal head) one frame; MPVSS one key
+    and one propagated frame; TV3S streaming one step after a first frame; TV3S clip mode one
+    frame (every frame scans a clip of the same length)."""
+    temporal = getattr(model, "temporal", None)
+    if isinstance(temporal, MaskPropagation) and temporal.policy.interval > 1:
+        k = temporal.policy.interval
+        adaptive = temporal.policy.adaptive
+        summary = (f"one key frame and one propagated frame counted; per frame: the mean with a key frame every "
+                   f"K={k} frames (MODEL.MPVSS.KEY_INTERVAL)")
+        if adaptive:
+            summary += ("; KEY_POLICY adaptive: key frames come at least that often, so this is the least the "
+                        "policy costs")
+        return FramePlan({0: "key frame", 1: "propagated frame"}, lambda i: 0 if i % k == 0 else 1,
+                         tuple(range(k)), summary)
+    if isinstance(temporal, StateSpaceSharing) and temporal.inference == "stream":
+        return FramePlan({1: "streaming step"}, lambda i: 1 if i > 0 else None, (1,),
+                         "one streaming step counted (frame 1, after a first frame that starts the carried "
+                         "states): every later frame costs the same")
+    if temporal is None:
+        why = "a per-frame model: every frame costs the same"
+    elif isinstance(temporal, MaskPropagation):
+        why = "MODEL.MPVSS.KEY_INTERVAL 1: every frame is a key frame"
+    elif isinstance(temporal, StateSpaceSharing):
+        why = "TV3S clip mode: every frame scans a clip of the same length"
+    else:
+        raise ValueError(f"frame_plan: no plan for the temporal head {type(temporal).__name__}; count every "
+                         "frame instead (tools/analyze_model.py --frames N)")
+    return FramePlan({0: "frame"}, lambda i: 0, (0,), f"one frame counted ({why})")
+
+
+def plan_mismatches(plan, per_frame):
+    """Frames of a full count {frame_idx: Counter} whose counts differ from the counted frame of
+    their kind: [(frame_idx, kind's frame_idx)]; empty when the plan's shortcut holds."""
+    return [(i, plan.same_as(i)) for i, c in sorted(per_frame.items())
+            if plan.same_as(i) is not None and c != per_frame[plan.same_as(i)]]

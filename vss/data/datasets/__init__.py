@@ -1,12 +1,10 @@
 """Built-in datasets, registered under `$DETECTRON2_DATASETS` (default ./datasets)."""
-import os
-
 from .cityscapes_video import load_cityscapes_video, register_all_cityscapes_video
 from .folder import read_class_file, register_video_folder, register_video_folders
+from .root import DATASETS_ROOT
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_all_synthetic
 from .vspw import VSPW_CLASSES, load_vspw_layout, register_vspw_layout, register_all_vspw
 
-_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-register_all_vspw(_root)
-register_all_cityscapes_video(_root)
-register_all_synthetic(_root)
+register_all_vspw(DATASETS_ROOT)
+register_all_cityscapes_video(DATASETS_ROOT)
+register_all_synthetic(DATASETS_ROOT)

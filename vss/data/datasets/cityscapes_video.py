@@ -11,7 +11,9 @@ from collections import defaultdict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..frames import number_frames, warn_incomplete_video
 from ..io import image_size
+from .root import root_hint
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +39,35 @@ def load_cityscapes_video(root, split):
     for d in (seq_root, gt_root):
         if not os.path.isdir(d):
             raise FileNotFoundError(
-                f"Cityscapes video folder {d} does not exist: download leftImg8bit_sequence_trainvaltest.zip "
-                f"and gtFine_trainvaltest.zip from the Cityscapes site, unzip both into {root}, then run "
-                "datasets/prepare_cityscapes_video.py (see datasets/README.md)")
+                f"Cityscapes video folder {os.path.abspath(d)} does not exist: download "
+                f"leftImg8bit_sequence_trainvaltest.zip and gtFine_trainvaltest.zip from the Cityscapes site, "
+                f"unzip both into {root}, then run datasets/prepare_cityscapes_video.py (see datasets/README.md)"
+                f"{root_hint(d)}")
     snippets = defaultdict(list)
     for city in sorted(os.listdir(seq_root)):
         for name in os.listdir(os.path.join(seq_root, city)):
             if not name.endswith(SUFFIX):
                 continue
             parts = name[: -len(SUFFIX)].split("_")
-            if len(parts) != 3:
+            if len(parts) != 3 or not parts[2].isdigit():
                 raise ValueError(f"unexpected Cityscapes frame name {name} in {city} "
-                                 f"(expected <city>_<seq>_<frame>{SUFFIX})")
-            snippets[f"{parts[0]}_{parts[1]}"].append((int(parts[2]), city, name))
+                                 f"(expected <city>_<seq>_<frame number>{SUFFIX})")
+            snippets[f"{parts[0]}_{parts[1]}"].append((city, name))
     if not snippets:
         raise ValueError(f"no frames found under {seq_root}")
 
-    records, labelled = [], 0
+    records, labelled, labels_used = [], 0, set()
     for video in sorted(snippets):
-        frames = sorted(snippets[video])
-        city = frames[0][1]
-        height, width = image_size(os.path.join(seq_root, city, frames[0][2]))
-        for idx, (_, city, name) in enumerate(frames):
-            stem = name[: -len(SUFFIX)]
+        city = snippets[video][0][0]  # the city is part of the snippet's name
+        # Numbered by their stems: the suffix's "8" (leftImg8bit) is no frame number.
+        frames = number_frames([name[: -len(SUFFIX)] for _, name in snippets[video]], os.path.join(seq_root, city))
+        height, width = image_size(os.path.join(seq_root, city, frames[0][1] + SUFFIX))
+        for idx, stem in frames:
+            name = stem + SUFFIX
             label = os.path.join(gt_root, city, stem + LABEL_SUFFIX)
             if os.path.isfile(label):
                 labelled += 1
+                labels_used.add(label)
             else:
                 label = None
             records.append(
@@ -76,6 +81,14 @@ def load_cityscapes_video(root, split):
                     "image_id": stem,
                 }
             )
+        warn_incomplete_video(video, os.path.join(seq_root, city), [idx for idx, _ in frames])
+    orphans = [os.path.join(gt_root, city, name) for city in sorted(os.listdir(gt_root))
+               if os.path.isdir(os.path.join(gt_root, city))
+               for name in sorted(os.listdir(os.path.join(gt_root, city))) if name.endswith(LABEL_SUFFIX)]
+    orphans = [p for p in orphans if p not in labels_used]
+    if orphans:
+        logger.warning("%d Cityscapes label(s) under %s have no sequence frame and are ignored: %s%s",
+                       len(orphans), gt_root, ", ".join(orphans[:10]), ", ..." if len(orphans) > 10 else "")
     if labelled == 0:
         raise ValueError(f"no *{LABEL_SUFFIX} files under {gt_root}: run "
                          "datasets/prepare_cityscapes_video.py to create them")

@@ -12,7 +12,9 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..frames import natural_key, number_frames, warn_incomplete_video
 from ..io import image_size
+from .root import root_hint
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +33,18 @@ VSPW_CLASSES, VSPW_COLORS = _read_classes()
 def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
     """One record per frame of every video listed in `<root>/<split>.txt`.
 
-    Frames are ordered by file name. A frame without a mask PNG is unlabelled
+    Frames are ordered and numbered by the numbers in their names (vss.data.frames):
+    frame_idx keeps the gaps of missing frames, which are logged once per video together
+    with any mask that has no frame. A frame without a mask PNG is unlabelled
     (`sem_seg_file_name` None; logged per video). All frames of a video are taken to
     share the first frame's size; the mappers check it when they read a frame.
     `how_to_get` ends the error for a missing dataset: where to get it.
     """
     split_file = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(split_file):
-        found = "" if os.path.isdir(root) else f"; the folder {root} itself does not exist"
-        raise FileNotFoundError(f"split file {split_file} does not exist (expected one video id per line{found}): "
-                                f"{how_to_get}")
+        found = "" if os.path.isdir(root) else f"; the folder {os.path.abspath(root)} itself does not exist"
+        raise FileNotFoundError(f"split file {os.path.abspath(split_file)} does not exist (expected one video id per "
+                                f"line{found}): {how_to_get}{root_hint(split_file)}")
     with open(split_file) as f:
         videos = [line.strip() for line in f if line.strip()]
     if not videos:
@@ -54,14 +58,20 @@ def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
             raise FileNotFoundError(
                 f"video {video!r} listed in {split_file} has no frame folder {frame_dir}"
             )
-        frames = sorted(n for n in os.listdir(frame_dir) if n.lower().endswith(FRAME_EXTS))
-        if not frames:
+        names = [n for n in os.listdir(frame_dir) if n.lower().endswith(FRAME_EXTS)]
+        if not names:
             raise ValueError(f"video {video!r} has no frames in {frame_dir} (expected {FRAME_EXTS} files)")
-        height, width = image_size(os.path.join(frame_dir, frames[0]))
+        frames = number_frames(names, frame_dir)
+        masks = set(os.listdir(mask_dir)) if os.path.isdir(mask_dir) else set()
+        height, width = image_size(os.path.join(frame_dir, frames[0][1]))
         unlabelled = 0
-        for idx, name in enumerate(frames):
-            mask = os.path.join(mask_dir, os.path.splitext(name)[0] + ".png")
-            if not os.path.isfile(mask):
+        for idx, name in frames:
+            stem = os.path.splitext(name)[0]
+            mask = stem + ".png"
+            if mask in masks:
+                masks.discard(mask)
+                mask = os.path.join(mask_dir, mask)
+            else:
                 mask, unlabelled = None, unlabelled + 1
             records.append(
                 {
@@ -71,12 +81,15 @@ def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
                     "width": width,
                     "video_id": video,
                     "frame_idx": idx,
-                    "image_id": f"{video}/{os.path.splitext(name)[0]}",
+                    "image_id": f"{video}/{stem}",
                 }
             )
         if unlabelled and os.path.isdir(mask_dir):
             logger.warning("video %s: %d of %d frames have no mask in %s; they are unlabelled",
                            video, unlabelled, len(frames), mask_dir)
+        orphans = sorted((m for m in masks if m.lower().endswith(".png")), key=natural_key)
+        warn_incomplete_video(video, frame_dir, [idx for idx, _ in frames],
+                              [os.path.join(mask_dir, m) for m in orphans])
     logger.info("loaded %d frames of %d videos from %s (%s)", len(records), len(videos), root, split)
     return records
 

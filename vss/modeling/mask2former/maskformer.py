@@ -31,7 +31,8 @@ class MaskFormer(nn.Module):
     Training inputs: dicts with "image" (3, H, W) in the backbone's format (0-255) and
     "instances" with gt_classes (N,) and gt_masks (N, H, W), one mask per class present.
     Returns the weighted losses. Eval inputs: dicts with "image" and optional "height",
-    "width"; returns [{"sem_seg": (K, height, width) scores}].
+    "width"; returns [{"sem_seg": (K, height, width) scores}] ([{"sem_seg_labels": (height,
+    width)}] inside `vss.modeling.postprocess.labels_only()`).
     """
 
     # What training may start without (vss.engine.checkpoint): the heads, from an ImageNet backbone.
@@ -115,7 +116,7 @@ class MaskFormer(nn.Module):
             (x.get("height", size[0]), x.get("width", size[1]))
             for x, size in zip(batched_inputs, images.image_sizes)
         ]
-        scores = semantic_outputs(
+        return semantic_outputs(
             outputs["pred_logits"],
             outputs["pred_masks"],
             images.tensor.shape[-2:],
@@ -123,7 +124,6 @@ class MaskFormer(nn.Module):
             output_sizes,
             self.sem_seg_postprocess_before_inference,
         )
-        return [{"sem_seg": s} for s in scores]
 
     def weighted_losses(self, losses):
         """Multiply each loss by its weight; drop losses without one (e.g. aux without deep supervision)."""

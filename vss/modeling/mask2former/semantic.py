@@ -7,6 +7,8 @@ import torch
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch.nn import functional as F
 
+from ..postprocess import sem_seg_output
+
 
 def semantic_inference(mask_cls, mask_pred):
     """Per-class scores of one image: sum over queries of P(class) x P(pixel in mask).
@@ -28,7 +30,7 @@ def upsample_masks(pred_masks, padded_size):
 
 
 def semantic_postprocess(mask_cls, mask_pred, image_size, height, width, before_inference=False):
-    """Scores of one image at its requested output size.
+    """Output of one image at its requested output size.
 
     Args:
         mask_cls: (Q, K + 1) class logits.
@@ -39,23 +41,26 @@ def semantic_postprocess(mask_cls, mask_pred, image_size, height, width, before_
             (upstream SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE); by default the combined
             (K, Hp, Wp) scores are cropped and resized instead.
     Returns:
-        (K, height, width) float scores.
+        {"sem_seg": (K, height, width) float scores}, or {"sem_seg_labels": (height, width)}
+        inside `postprocess.labels_only()` (only the default order bounds its memory: the
+        other builds the Q x height x width masks first).
     """
     if before_inference:
         mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-        return semantic_inference(mask_cls.to(mask_pred), mask_pred)
-    return sem_seg_postprocess(semantic_inference(mask_cls, mask_pred), image_size, height, width)
+        scores = semantic_inference(mask_cls.to(mask_pred), mask_pred)
+        return sem_seg_output(scores, None, height, width)
+    return sem_seg_output(semantic_inference(mask_cls, mask_pred), image_size, height, width)
 
 
 def semantic_outputs(pred_logits, pred_masks, padded_size, image_sizes, output_sizes, before_inference=False):
-    """Batch form of the whole path, from decoder outputs to one (K, height, width) map per image.
+    """Batch form of the whole path, from decoder outputs to one output dict per image.
 
     Args:
         pred_logits: (B, Q, K + 1); pred_masks: (B, Q, h, w) mask logits at 1/4 of the padded size.
         padded_size: (Hp, Wp) of the padded batch fed to the backbone.
         image_sizes: B (h, w) sizes before padding; output_sizes: B (height, width).
     Returns:
-        list of B tensors (K, height, width).
+        list of B dicts, as `semantic_postprocess` gives.
     """
     masks = upsample_masks(pred_masks, padded_size)
     return [

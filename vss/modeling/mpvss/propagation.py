@@ -149,11 +149,11 @@ class MaskPropagation(nn.Module):
             )
             if self.policy.adaptive:
                 cache = replace(cache, last_confidence=mask_confidence(class_logits[0], mask_logits[0]))
-        (scores,) = semantic_outputs(
+        (output,) = semantic_outputs(
             class_logits, mask_logits, padded.tensor.shape[-2:], [size], [output_size],
             self.sem_seg_postprocess_before_inference,
         )
-        return {"sem_seg": scores}, cache
+        return output, cache
 
 
 def _raw(model, images):

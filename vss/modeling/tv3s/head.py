@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
 from ...data.mappers import check_clip_offsets
 from ..backbone.swin import drop_path
+from ..postprocess import sem_seg_output
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
 from .mamba import MambaBlock, RMSNorm
 from .windows import merge, partition, window_groups
@@ -81,7 +81,9 @@ class ShiftedWindowMamba(nn.Module):
                 layer.mixer.out_proj.weight /= math.sqrt(num_layers)
 
     def groups(self, layer, height, width):
-        return window_groups(height, width, self.window_size, self.shift if layer % 2 else 0)
+        # int(): under torch.jit.trace (fvcore) sizes are tensors, which would key the cache by
+        # identity and cut the map into other groups than a plain run (states would not fit)
+        return window_groups(int(height), int(width), self.window_size, self.shift if layer % 2 else 0)
 
     def forward(self, x, states=None):
         """x (B, T, C, H, W): T consecutive frames of B videos (H, W multiples of the window).
@@ -311,11 +313,12 @@ class StateSpaceSharing(nn.Module):
 
     @staticmethod
     def _outputs(logits, images, frames):
-        """Logits (N, K, h, w) at 1/4 of the padded frames -> [{"sem_seg": (K, height, width)}]."""
+        """Logits (N, K, h, w) at 1/4 of the padded frames -> [{"sem_seg": (K, height, width)}]
+        (labels inside `labels_only()`, see postprocess.sem_seg_output)."""
         logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
         outputs = []
         for scores, image_size, frame in zip(logits, images.image_sizes, frames):
             height = frame.get("height", image_size[0])
             width = frame.get("width", image_size[1])
-            outputs.append({"sem_seg": sem_seg_postprocess(scores, image_size, height, width)})
+            outputs.append(sem_seg_output(scores, image_size, height, width))
         return outputs
