@@ -306,15 +306,15 @@ def main(argv=None):
             _check_unique_stems(source.paths)
         try:
             cfg = setup_cfg(args.config_file, args.opts)
-            if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
-                parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
-            check_weights(cfg, args.config_file, training=False)
-        except (FileNotFoundError, ValueError) as e:  # the config's datasets or weights
+        except (FileNotFoundError, ValueError) as e:  # e.g. a DATASETS.FOLDERS entry
             raise DemoError(e) from None
+        if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
+            parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
         writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
         try:
+            check_weights(cfg, args.config_file, training=False)
             predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
-        except ValueError as e:  # e.g. a checkpoint that does not fit the model
+        except (FileNotFoundError, ValueError) as e:  # missing weights, or a checkpoint that does not fit
             raise DemoError(e) from None
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
         metadata = _metadata_fields(predictor, dataset)
