@@ -26,13 +26,16 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flow-files", action="store_true",
+                        help="also write flow/<t>.flo (Middlebury) and flow_valid/<t>.png: the backward flow "
+                             "of each frame t > 0 to frame t - 1")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset generated with different options")
     args = parser.parse_args(argv)
     try:
         summary = generate(args.root, train_videos=args.train_videos, val_videos=args.val_videos,
                            frames=args.frames, height=args.height, width=args.width, seed=args.seed,
-                           overwrite=args.overwrite)
+                           flow_files=args.flow_files, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
         sys.exit(f"prepare_synthetic: {e}")
     videos = {split: len(ids) for split, ids in summary["videos"].items()}

@@ -7,6 +7,10 @@ borders, in depth order. Frames and labels come from the same masks, so labels a
 exact. Motion is large enough that copying a key frame's labels a few frames later
 is clearly worse than the true labels, which is what video methods must fix.
 
+Every layer (the background canvas, each object) only translates by whole pixels, so the
+generator knows the exact flow between any two frames: `ground_truth_flow` reads it back
+from the layer maps and positions written beside the frames.
+
 Written in VSPW layout (see `vss.data.datasets.vspw`) with raw label = train id + 1.
 """
 import json
@@ -20,15 +24,18 @@ import cv2
 import numpy as np
 
 from .datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS
+from .flow_io import write_flo
 
 logger = logging.getLogger(__name__)
 
 # Bump when the rendering changes, so that existing folders are not taken as up to date.
-GENERATOR_VERSION = 1
+GENERATOR = "vss.data.synthetic"
+GENERATOR_VERSION = 2
 LABEL_OFFSET = 1
 JPEG_QUALITY = 92
 SPLITS = ("train", "val")
 SPEC_FILE = "spec.json"
+MOTION_FILE = "motion.json"
 OWN_FILES = (SPEC_FILE, "classes.json", "train.txt", "val.txt")
 VIDEO_NAME = re.compile(r"^(train|val)_\d{4}$")
 FRAME_DIGITS = 8
@@ -229,7 +236,8 @@ class _Object:
         return wing | _ellipse(u, v, 0.4 * a, 0.3 * b)
 
 
-def _paste(image, label, obj, t):
+def _paste(image, label, layer, obj, t, index):
+    """Draw `obj` at frame `t` over the frame, its label and the layer map (as layer `index`)."""
     cx, cy = obj.path[t]
     r, (h, w) = obj.radius, label.shape
     y0, x0 = cy - r, cx - r
@@ -241,6 +249,7 @@ def _paste(image, label, obj, t):
     m = obj.mask(t)[local]
     image[fy0:fy1, fx0:fx1][m] = obj.texture[local][m]
     label[fy0:fy1, fx0:fx1][m] = obj.raw
+    layer[fy0:fy1, fx0:fx1][m] = index
 
 
 def render_video(rng, frames, height, width):
@@ -248,7 +257,13 @@ def render_video(rng, frames, height, width):
 
     Returns {"images": uint8 (F, H, W, 3) RGB, "labels": uint8 (F, H, W) raw values
     (train id + 1), "pan": int (F, 2) canvas (row, col) offset of each frame,
-    "canvas_labels": uint8 raw labels of the whole background canvas}.
+    "canvas_labels": uint8 raw labels of the whole background canvas, "layers": uint8
+    (F, H, W) index of the layer seen at each pixel (0 = background, then the objects far
+    to near), "positions": int (L, F, 2) (x, y) where each layer's origin is in each frame,
+    "layer_classes": the class name of each layer ("background" for layer 0)}.
+
+    Every layer only translates by whole pixels, so a pixel of layer i at p in frame t shows
+    the same surface point as p + positions[i, k] - positions[i, t] in frame k.
     """
     s = min(height, width) / 120
     pan_speed = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.5, 2.5) * rng.choice([-1, 1])]) * s
@@ -267,15 +282,38 @@ def render_video(rng, frames, height, width):
 
     images = np.empty((frames, height, width, 3), np.uint8)
     labels = np.empty((frames, height, width), np.uint8)
+    layers = np.zeros((frames, height, width), np.uint8)
     for t, (oy, ox) in enumerate(pan):
         image = canvas[oy:oy + height, ox:ox + width].copy()
         label = canvas_labels[oy:oy + height, ox:ox + width].copy()
-        for obj in depth_order:
-            _paste(image, label, obj, t)
+        for index, obj in enumerate(depth_order, 1):
+            _paste(image, label, layers[t], obj, t, index)
         image = image * gain + rng.normal(0, 2.0, image.shape)  # sensor noise differs per frame
         images[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         labels[t] = label
-    return {"images": images, "labels": labels, "pan": pan, "canvas_labels": canvas_labels}
+    positions = np.stack([-pan[:, ::-1]] + [np.array(obj.path) for obj in depth_order])
+    return {"images": images, "labels": labels, "pan": pan, "canvas_labels": canvas_labels,
+            "layers": layers, "positions": positions,
+            "layer_classes": ["background"] + [obj.kind for obj in depth_order]}
+
+
+def layered_flow(positions, layers_frame, layers_key, frame, key_frame):
+    """Exact backward flow of a scene of translating layers: (flow (H, W, 2) float32, valid (H, W)).
+
+    `positions` (L, F, 2) holds the (x, y) of each layer's origin in each frame, `layers_frame`
+    and `layers_key` the layer index seen at each pixel of frames `frame` and `key_frame`.
+    Pixel p of `frame` shows its layer's surface point at p + flow(p) in `key_frame` (channel 0
+    = dx); valid is False where that point is outside `key_frame` or hidden there by another layer.
+    """
+    positions = np.asarray(positions)
+    shift = positions[:, key_frame] - positions[:, frame]
+    flow = shift[layers_frame]
+    h, w = layers_frame.shape
+    ys, xs = np.mgrid[:h, :w]
+    qx, qy = xs + flow[..., 0], ys + flow[..., 1]
+    valid = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+    valid[valid] = layers_key[qy[valid], qx[valid]] == layers_frame[valid]
+    return flow.astype(np.float32), valid
 
 
 def video_ids(spec):
@@ -283,10 +321,11 @@ def video_ids(spec):
     return {split: [f"{split}_{i:04d}" for i in range(spec[f"{split}_videos"])] for split in SPLITS}
 
 
-def _make_spec(train_videos, val_videos, frames, height, width, seed):
-    spec = {"generator": "vss.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+def _make_spec(train_videos, val_videos, frames, height, width, seed, flow_files):
+    spec = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed,
             "train_videos": train_videos, "val_videos": val_videos, "frames": frames,
-            "height": height, "width": width, "classes": list(SYNTHETIC_CLASSES)}
+            "height": height, "width": width, "classes": list(SYNTHETIC_CLASSES),
+            "flow_files": bool(flow_files)}
     minimum = {"train_videos": 1, "val_videos": 1, "frames": 1, "height": 32, "width": 32, "seed": 0}
     for key, low in minimum.items():
         value = spec[key]
@@ -332,22 +371,33 @@ def _summary(root, spec, generated):
 
 
 def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width=160, seed=0,
-             overwrite=False):
+             flow_files=False, overwrite=False):
     """Write the synthetic dataset to `root` in VSPW layout and return a summary dict.
+
+    Beside each video's frames and labels: `motion.json` (each layer's class and position per
+    frame) and `layers/<frame>.png` (the layer seen at each pixel), from which
+    `ground_truth_flow` computes the exact flow between any two frames; with `flow_files`
+    also `flow/<frame>.flo` (Middlebury) and `flow_valid/<frame>.png` (255 = valid) holding
+    the backward flow of each frame t > 0 to frame t - 1.
 
     Idempotent: when `root/spec.json` matches the requested spec nothing is written
     (summary["generated"] is False). A different or missing spec in a non-empty `root`
     is an error unless `overwrite`; overwriting only deletes what the generator wrote.
-    Video i of a split depends only on (seed, split, i) and the frame size/count.
+    The output of an older generator version is replaced. Video i of a split depends only
+    on (seed, split, i) and the frame size/count.
     """
-    spec = _make_spec(train_videos, val_videos, frames, height, width, seed)
+    spec = _make_spec(train_videos, val_videos, frames, height, width, seed, flow_files)
     root = os.fspath(root)
     if os.path.isdir(root) and os.listdir(root):
         existing = _read_spec(root)
         if existing == spec and not overwrite:
             logger.info("%s already holds the synthetic dataset with this spec; nothing to do", root)
             return _summary(root, spec, generated=False)
-        if not overwrite:
+        outdated = (existing or {}).get("generator") == GENERATOR and existing.get("version") != GENERATOR_VERSION
+        if outdated:
+            logger.warning("%s was written by generator version %s; replacing it with version %d", root,
+                           existing.get("version"), GENERATOR_VERSION)
+        elif not overwrite:
             if existing is None:
                 raise FileExistsError(f"{root} is not empty and has no {SPEC_FILE} (an interrupted "
                                       "generation or another dataset); pass overwrite=True (--overwrite)")
@@ -362,15 +412,7 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
         for index, video in enumerate(ids):
             rng = np.random.default_rng([spec["seed"], split_code, index])
             out = render_video(rng, spec["frames"], spec["height"], spec["width"])
-            frame_dir = os.path.join(root, "data", video, "origin")
-            mask_dir = os.path.join(root, "data", video, "mask")
-            os.makedirs(frame_dir, exist_ok=True)
-            os.makedirs(mask_dir, exist_ok=True)
-            for t, (image, label) in enumerate(zip(out["images"], out["labels"])):
-                name = f"{t:0{FRAME_DIGITS}d}"
-                _write(os.path.join(frame_dir, name + ".jpg"), image[:, :, ::-1],
-                       [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                _write(os.path.join(mask_dir, name + ".png"), label, [])
+            _write_video(os.path.join(root, "data", video), out, spec["flow_files"])
         with open(os.path.join(root, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
     classes = {"classes": [{"name": n, "color": list(c)}
@@ -385,6 +427,65 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     logger.info("wrote %d frames of %d videos to %s in %.1fs", summary["frames"],
                 spec["train_videos"] + spec["val_videos"], root, time.perf_counter() - start)
     return summary
+
+
+def _frame_name(t):
+    return f"{t:0{FRAME_DIGITS}d}"
+
+
+def _write_video(video_dir, out, flow_files):
+    folders = ("origin", "mask", "layers") + (("flow", "flow_valid") if flow_files else ())
+    for folder in folders:
+        os.makedirs(os.path.join(video_dir, folder), exist_ok=True)
+    for t, (image, label, layer) in enumerate(zip(out["images"], out["labels"], out["layers"])):
+        name = _frame_name(t)
+        _write(os.path.join(video_dir, "origin", name + ".jpg"), image[:, :, ::-1],
+               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        _write(os.path.join(video_dir, "mask", name + ".png"), label, [])
+        _write(os.path.join(video_dir, "layers", name + ".png"), layer, [])
+        if flow_files and t > 0:
+            flow, valid = layered_flow(out["positions"], layer, out["layers"][t - 1], t, t - 1)
+            write_flo(os.path.join(video_dir, "flow", name + ".flo"), flow)
+            _write(os.path.join(video_dir, "flow_valid", name + ".png"), valid.astype(np.uint8) * 255, [])
+    motion = {"frames": len(out["images"]), "height": out["images"].shape[1],
+              "width": out["images"].shape[2],
+              "layers": [{"class": name, "position": position.tolist()}
+                         for name, position in zip(out["layer_classes"], out["positions"])]}
+    with open(os.path.join(video_dir, MOTION_FILE), "w") as f:
+        json.dump(motion, f)
+
+
+def ground_truth_flow(root, video_id, frame, key_frame):
+    """Exact backward flow from frame `frame` to frame `key_frame` of a generated video.
+
+    Returns (flow float32 (H, W, 2) in pixels, channel 0 = dx, valid bool (H, W)): pixel p of
+    `frame` shows the surface point that is at p + flow(p) in `key_frame`; valid is False where
+    that point is outside `key_frame` or occluded there. Any two frames work, in either order.
+    `root` is a folder written by `generate` (datasets/prepare_synthetic.py).
+    """
+    video_dir = os.path.join(os.fspath(root), "data", video_id)
+    motion_path = os.path.join(video_dir, MOTION_FILE)
+    if not os.path.isfile(motion_path):
+        if not os.path.isdir(video_dir):
+            raise FileNotFoundError(f"{video_dir}: no such synthetic video in {root}")
+        raise FileNotFoundError(f"{motion_path} is missing: {root} was written by an older generator "
+                                "or is not a synthetic set; rerun datasets/prepare_synthetic.py")
+    with open(motion_path) as f:
+        motion = json.load(f)
+    count = motion["frames"]
+    for name, value in (("frame", frame), ("key_frame", key_frame)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < count:
+            raise ValueError(f"{video_dir}: {name} must be a frame index in [0, {count}), got {value!r}")
+    maps = []
+    for t in (frame, key_frame):
+        path = os.path.join(video_dir, "layers", _frame_name(t) + ".png")
+        layer = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if layer is None or layer.shape != (motion["height"], motion["width"]):
+            raise ValueError(f"{path}: expected a {motion['height']}x{motion['width']} layer map PNG, got "
+                             f"{'an unreadable file' if layer is None else layer.shape}")
+        maps.append(layer)
+    positions = np.array([layer["position"] for layer in motion["layers"]])
+    return layered_flow(positions, maps[0], maps[1], int(frame), int(key_frame))
 
 
 def _write(path, array, params):
