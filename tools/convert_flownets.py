@@ -47,8 +47,8 @@ PREFIX = "temporal.flow."
 GRID_CELL = 4
 
 _RULES = (
-    (re.compile(r"conv(\d)\.0\.(weight|bias)"), r"encoder.conv\1.0.conv.\2"),
-    (re.compile(r"conv(\d)_1\.0\.(weight|bias)"), r"encoder.conv\1.1.conv.\2"),
+    (re.compile(r"conv([1-6])\.0\.(weight|bias)"), r"encoder.conv\1.0.conv.\2"),
+    (re.compile(r"conv([3-6])_1\.0\.(weight|bias)"), r"encoder.conv\1.1.conv.\2"),
     (re.compile(r"deconv([2-5])\.0\.weight"), r"decoder.deconv\1.conv.weight"),
     (re.compile(r"predict_flow([3-6])\.weight"), r"decoder.predict_flow\1.conv.weight"),
     (re.compile(r"predict_flow2\.weight"), r"decoder.predict_flow.conv.weight"),
