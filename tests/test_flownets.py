@@ -205,3 +205,48 @@ def test_motion_weights_errors(pretrained, tmp_path):
     torch.save({"model": {"backbone.x": torch.zeros(1)}}, other)
     with pytest.raises(ValueError, match="has no flow-module tensors"):
         load_motion_weights(wider, str(other))
+
+
+# --- through the trainer and train_net.py -----------------------------------------------
+
+@pytest.mark.slow
+def test_pretraining_on_synthetic_pairs_through_the_trainer(tmp_path):
+    """A tiny run on generated videos' exact flow: the loss falls, the evaluation and
+    train_net.py --eval-only with MODEL.MOTION.WEIGHTS give the same numbers."""
+    import importlib.util
+    import uuid
+
+    from detectron2.engine import default_argument_parser
+
+    from vss.data.datasets import register_flow_pairs
+    from vss.data.synthetic import generate
+    from vss.engine import Trainer
+
+    root = str(tmp_path / "synthetic_vss")
+    generate(root, train_videos=2, val_videos=1, frames=6, height=64, width=96)
+    names = [f"flow_{split}_{uuid.uuid4().hex[:8]}" for split in ("train", "val")]
+    register_flow_pairs(names[0], root, "train", 3, both_directions=True)
+    register_flow_pairs(names[1], root, "val", 3, both_directions=False)
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{names[0]}',)", "DATASETS.TEST", f"('{names[1]}',)",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.CROP.SIZE", "(64, 96)", "INPUT.MIN_SIZE_TEST", "64",
+            "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "()", "SOLVER.BASE_LR", "0.001",
+            "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out")]
+    torch.manual_seed(0)
+    trainer = Trainer(setup_cfg(PRETRAIN, opts))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = Trainer.test(trainer.cfg, trainer.model)["flow"]
+    losses = trainer.storage.history("total_loss").values()
+    first, last = sum(v for v, _ in losses[:8]) / 8, sum(v for v, _ in losses[-8:]) / 8
+    assert last < 0.8 * first
+    assert {"EPE", "Fl", "EPE_zero", "EPE_gap1", "EPE_gap3"} <= set(results) and "EPE_gap-1" not in results
+
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    weights = str(tmp_path / "out" / "model_final.pth")
+    args = default_argument_parser().parse_args(
+        ["--config-file", PRETRAIN, "--eval-only", *opts, "OUTPUT_DIR", str(tmp_path / "eval"),
+         "MODEL.MOTION.WEIGHTS", weights])
+    again = train_net.main(args)["flow"]
+    assert again == pytest.approx(results)
