@@ -7,13 +7,17 @@
 """
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vss.engine import Trainer, setup_cfg
+from vss.modeling.mpvss.motion_weights import load_motion_weights
 
 
 def setup(args):
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vss")
     return cfg
 
 
@@ -24,6 +28,7 @@ def main(args):
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        load_motion_weights(model, cfg.MODEL.MOTION.WEIGHTS)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
