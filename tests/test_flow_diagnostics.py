@@ -1,11 +1,13 @@
 """Flow diagnostics: units, per-query EPE by hand, and whole runs against the ground truth directly."""
 import math
+import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from vss.data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_vspw_layout
 from vss.data.synthetic import generate, ground_truth_flow
 from vss.engine import Trainer, setup_cfg
@@ -58,15 +60,18 @@ def test_per_query_epe_by_hand():
     gt[0, 1] = (0.0, -1.0)  # query 1: |(0, -4) - (0, -1)| = 3; moving
     gt[1, 1] = (0.3, 0.0)  # invalid
     valid = np.array([[True, True], [True, False]])
+    objects = np.array([[False, True], [True, True]])  # the invalid one does not count
     epe = FlowEPE()
-    epe.add(flow, gt, valid, gap=1, owner=owner)
+    epe.add(flow, gt, valid, gap=1, owner=owner, objects=objects)
     # a second frame at another gap, one map for every pixel (optical flow): errors 1, 1, 1, 1
     epe.add(torch.ones(2, 2, 2) * torch.tensor([1.0, 0.0])[:, None, None], np.zeros((2, 2, 2), np.float32),
             np.ones((2, 2), bool), gap=2)
     result = epe.summary()
-    assert result["gaps"][1] == pytest.approx({"EPE": 2.0, "EPE_moving": 1.5, "EPE_static": 3.0, "pixels_moving": 2})
+    assert result["gaps"][1] == pytest.approx({"EPE": 2.0, "EPE_moving": 1.5, "EPE_static": 3.0, "EPE_objects": 3.0,
+                                               "pixels_moving": 2, "pixels_objects": 2})
     assert result["gaps"][2] == pytest.approx({"EPE": 1.0, "EPE_moving": math.nan, "EPE_static": 1.0,
-                                               "pixels_moving": 0}, nan_ok=True)
+                                               "EPE_objects": math.nan, "pixels_moving": 0, "pixels_objects": 0},
+                                              nan_ok=True)
     # pixel-weighted over both frames: (0 + 3 + 3 + 4 * 1) / 7
     assert result["EPE"] == pytest.approx(10 / 7)
     assert result["EPE_static"] == pytest.approx((3 + 4) / 5)
@@ -99,8 +104,8 @@ def dataset(tmp_path_factory):
 
 
 def direct_epe(root, videos, flow, max_gap):
-    """Mean ||flow - gt|| over valid (and moving) pixels, from ground_truth_flow directly."""
-    errors, moving = [], []
+    """Mean ||flow - gt|| over valid, moving and object pixels, from ground_truth_flow and the labels directly."""
+    errors, moving, objects = [], [], []
     for video in videos:
         for key in range(0, 7, max_gap):
             for t in range(key + 1, min(key + max_gap + 1, 7)):
@@ -108,7 +113,10 @@ def direct_epe(root, videos, flow, max_gap):
                 error = np.linalg.norm(np.asarray(flow) - gt, axis=-1)
                 errors.append(error[valid])
                 moving.append(error[valid & (np.linalg.norm(gt, axis=-1) > 0.5)])
-    return np.concatenate(errors).mean(), np.concatenate(moving).mean()
+                # raw label = class index + 1; the object classes are the last four
+                label = cv2.imread(os.path.join(root, "data", video, "mask", f"{t:08d}.png"), cv2.IMREAD_UNCHANGED)
+                objects.append(error[valid & (label >= 5) & (label <= 8)])
+    return [np.concatenate(e).mean() for e in (errors, moving, objects)]
 
 
 @pytest.mark.parametrize("variant, grid_flow", [("copy", 0.0), ("query_learned", 1.0)])
@@ -123,9 +131,11 @@ def test_whole_run_matches_the_ground_truth_directly(dataset, variant, grid_flow
     result = flow_diagnostics(model, cfg, name, max_gap=4)
     shift = grid_flow * 8 * 64 / 120
     videos = sorted({r["video_id"] for r in DatasetCatalog.get(name)})
-    expected, expected_moving = direct_epe(root, videos, (shift, shift), max_gap=4)
+    expected, expected_moving, expected_objects = direct_epe(root, videos, (shift, shift), max_gap=4)
     assert result["EPE"] == pytest.approx(expected, rel=1e-4)
     assert result["EPE_moving"] == pytest.approx(expected_moving, rel=1e-4)
+    assert result["EPE_objects"] == pytest.approx(expected_objects, rel=1e-4)
+    assert result["pixels_objects"] > 0
     assert sorted(result["gaps"]) == [1, 2, 3, 4]
     assert model.training  # left as it was found
 

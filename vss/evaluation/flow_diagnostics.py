@@ -12,8 +12,10 @@ independently of segmentation quality:
 - Copy is the zero flow (its EPE is the mean ground-truth motion); Optical flow and
   Query-for-PF use one pixel flow for every query; the query variants each query's own flow;
 - valid ground-truth pixels only (the point is visible in both frames), split into moving
-  and static pixels (ground-truth motion above / at most MOVING_PIXELS): the methods
-  differ on the moving objects, which are a small share of the frame;
+  and static pixels (ground-truth motion above / at most MOVING_PIXELS) and, apart, the
+  pixels of the moving object classes (car, person, ball, bird: the frame's label): the
+  camera pans, so most background pixels move too, but only the objects move against it,
+  and they are a small share of the frame;
 - per gap (frames between the key frame and the current frame) and over all gaps.
 
 Units: a FlowEstimator predicts in pixels of its grid (1/8 of the padded model input by
@@ -27,6 +29,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from torch.nn import functional as F
 
+from ..data.datasets.synthetic import SYNTHETIC_OBJECTS
+from ..data.io import read_label
 from ..data.mappers import FrameMapper
 from ..data.synthetic import ground_truth_flow
 from ..data.video import group_by_video
@@ -37,7 +41,7 @@ __all__ = ["MOVING_PIXELS", "FlowEPE", "flow_in_frame_pixels", "winning_queries"
 
 # ground-truth motion above this many frame pixels counts as moving
 MOVING_PIXELS = 0.5
-REGIONS = ("all", "moving", "static")
+REGIONS = ("all", "moving", "static", "objects")
 
 
 def flow_in_frame_pixels(flow, padded_size, image_size, frame_size):
@@ -73,7 +77,7 @@ class FlowEPE:
         # gap -> region -> [pixels, sum of EPE]
         self._sums = defaultdict(lambda: {r: [0, 0.0] for r in REGIONS})
 
-    def add(self, flow, gt_flow, valid, gap, owner=None):
+    def add(self, flow, gt_flow, valid, gap, owner=None, objects=None):
         """One frame.
 
         Args:
@@ -81,6 +85,7 @@ class FlowEPE:
             gt_flow: (H, W, 2) ground truth, channel 0 = dx (ground_truth_flow's layout).
             valid: (H, W) bool; gap: frames between key frame and frame.
             owner: (H, W) query index of each pixel (winning_queries); needed when flow has Q maps.
+            objects: (H, W) bool, the pixels of moving objects (None: that region stays empty).
         """
         gt = torch.as_tensor(gt_flow, dtype=torch.float64).permute(2, 0, 1)
         valid = torch.as_tensor(valid, dtype=torch.bool)
@@ -96,13 +101,17 @@ class FlowEPE:
                              f"validity {tuple(valid.shape)} disagree")
         epe = torch.linalg.vector_norm(flow - gt, dim=0)
         moving = torch.linalg.vector_norm(gt, dim=0) > self.moving_pixels
+        objects = torch.zeros_like(valid) if objects is None else torch.as_tensor(objects, dtype=torch.bool)
+        if objects.shape != valid.shape:
+            raise ValueError(f"FlowEPE: objects mask {tuple(objects.shape)} and validity {tuple(valid.shape)} disagree")
         sums = self._sums[int(gap)]
-        for region, mask in zip(REGIONS, (valid, valid & moving, valid & ~moving)):
+        for region, mask in zip(REGIONS, (valid, valid & moving, valid & ~moving, valid & objects)):
             sums[region][0] += int(mask.sum())
             sums[region][1] += float(epe[mask].sum())
 
     def summary(self):
-        """{"EPE", "EPE_moving", "EPE_static", "pixels_moving", "gaps": {gap: same keys}}; NaN where no pixel."""
+        """{"EPE", "EPE_moving", "EPE_static", "EPE_objects", "pixels_moving", "pixels_objects",
+        "gaps": {gap: same keys}}; NaN where no pixel."""
 
         def means(parts):
             out = {}
@@ -111,6 +120,7 @@ class FlowEPE:
                 total = sum(p[region][1] for p in parts)
                 out["EPE" if region == "all" else f"EPE_{region}"] = total / pixels if pixels else math.nan
             out["pixels_moving"] = sum(p["moving"][0] for p in parts)
+            out["pixels_objects"] = sum(p["objects"][0] for p in parts)
             return out
 
         return {**means(list(self._sums.values())),
@@ -136,18 +146,23 @@ def _flow_module(model):
 
 
 @torch.no_grad()
-def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_PIXELS):
+def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_PIXELS,
+                     object_classes=SYNTHETIC_OBJECTS):
     """FlowEPE summary of `model` on the synthetic videos of `dataset_name`.
 
     Key frames are every `max_gap`-th frame of each video (0, max_gap, ...), and each is paired
     with the next `max_gap` frames (gaps 1..max_gap), so every frame but the first is seen once.
-    The frames go through the test mapper of `cfg` (resized as in evaluation).
+    The frames go through the test mapper of `cfg` (resized as in evaluation); the classes
+    named in `object_classes` make the "objects" region.
     """
     flow_module, uses_masks = _flow_module(model)
     root = MetadataCatalog.get(dataset_name).get("dataset_root", None)
     if root is None:
         raise ValueError(f"flow_diagnostics: dataset {dataset_name!r} has no dataset_root in its metadata; "
                          "it needs a synthetic set (ground-truth motion)")
+    meta = MetadataCatalog.get(dataset_name)
+    classes = meta.stuff_classes
+    object_ids = [classes.index(c) for c in object_classes if c in classes]
     mapper = FrameMapper(cfg, is_train=False)
     was_training = model.training
     model.eval()
@@ -185,7 +200,9 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
                             flow = flow[:1]
                         flow = flow_in_frame_pixels(flow, padded_pair[0].shape[-2:], size, frame_size)
                         flow = flow[0] if flow.shape[0] == 1 else flow
-                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None)
+                    label = read_label(record["sem_seg_file_name"], len(classes), meta.label_offset)
+                    objects = torch.from_numpy(label)[None] == torch.tensor(object_ids).view(-1, 1, 1)
+                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects.any(0))
     finally:
         model.train(was_training)
     return result.summary()
