@@ -190,6 +190,8 @@ def test_motion_weights_load_into_every_variant(flow_type, pretrained, caplog):
         assert "decoder.deconv5.conv.weight" not in report["loaded"]
     assert "Motion weights from" in caplog.text and "into temporal.flow" in caplog.text
     assert f"loaded {len(agree)} of {len(before)} tensors" in caplog.text
+    if flow_type in ("query", "query_for_pf"):
+        assert "decoder.predict_flow4 (shape differs)" in caplog.text
 
 
 def test_motion_weights_errors(pretrained, tmp_path):

@@ -14,9 +14,9 @@ from detectron2.config import configurable
 from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_test_loader,
                              build_detection_train_loader)
 
-from . import synthetic
 from .augment import augment_frames, build_augmentations
 from .io import read_frame
+from .synthetic import ground_truth_flow
 
 __all__ = ["FlowPairMapper", "build_flow_test_loader", "build_flow_train_loader", "is_flow_dataset",
            "transform_flow"]
@@ -62,10 +62,9 @@ class FlowPairMapper:
     "flow_valid": (H, W) bool} plus the record's keys (flow at the frame's size, see module doc)."""
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format, ground_truth=None):
+    def __init__(self, is_train=True, *, augmentations, image_format, ground_truth=ground_truth_flow):
         """
-        ground_truth: callable (root, video_id, frame, key_frame) -> (flow (H, W, 2), valid (H, W));
-            default `vss.data.synthetic.ground_truth_flow`.
+        ground_truth: callable (root, video_id, frame, key_frame) -> (flow (H, W, 2), valid (H, W)).
         """
         self.is_train = is_train
         self.augmentations = list(augmentations)
@@ -93,8 +92,7 @@ class FlowPairMapper:
     def __call__(self, record):
         image = self._read(record["file_name"], record)
         key_image = self._read(record["key_file_name"], record)
-        ground_truth = self.ground_truth or synthetic.ground_truth_flow
-        flow, valid = ground_truth(record["flow_root"], record["video_id"], record["frame_idx"],
+        flow, valid = self.ground_truth(record["flow_root"], record["video_id"], record["frame_idx"],
                                    record["key_frame_idx"])
         if flow.shape != (*image.shape[:2], 2) or valid.shape != image.shape[:2]:
             raise ValueError(f"ground-truth flow of pair {record['image_id']} is {flow.shape} with validity "

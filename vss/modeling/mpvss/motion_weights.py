@@ -82,10 +82,11 @@ def load_motion_weights(model, path):
     unused = sorted(set(source) - set(target))
     logger.info(
         "Motion weights from %s into %s: loaded %d of %d tensors (encoder %d, decoder %d: %s); "
-        "kept their initialisation: %s; unused in the checkpoint: %s",
+        "kept their initialisation: %s (shape differs), %s (not in the checkpoint); unused in the checkpoint: %s",
         path, name, len(loaded), len(target), sum(k.startswith("encoder.") for k in loaded),
         sum(k.startswith("decoder.") for k in loaded),
-        _names(k for k in loaded if k.startswith("decoder.")) or "none", _names(kept) or "none",
+        _names(k for k in loaded if k.startswith("decoder.")) or "none",
+        _names(k for k in kept if k in source) or "none", _names(k for k in kept if k not in source) or "none",
         _names(unused) or "none")
     return {"loaded": loaded, "kept": kept, "unused": unused}
 
