@@ -55,7 +55,7 @@ VARIANTS = {
 }
 KEY_INTERVALS = (2, 5, 10)
 # training iterations per stage: default (about an hour on 2 idle cores in all) and --quick
-BUDGETS = {"flownets": 600, "mask2former": 1600, "mpvss": 400, "segformer": 1600, "tv3s": 800}
+BUDGETS = {"flownets": 600, "mask2former": 1600, "mpvss": 400, "segformer": 1600, "tv3s": 1600}
 QUICK_BUDGETS = {"flownets": 6, "mask2former": 6, "mpvss": 3, "segformer": 4, "tv3s": 3}
 # the set: 30-frame videos give 14 windows of 16 frames each for mVC16
 DATA = {"train_videos": 8, "val_videos": 4, "frames": 30, "height": 120, "width": 160}
