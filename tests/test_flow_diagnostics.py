@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from vss.data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_vspw_layout
+from vss.data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_flow_pairs, register_vspw_layout
 from vss.data.synthetic import generate, ground_truth_flow
 from vss.engine import Trainer, setup_cfg
 from vss.evaluation.flow_diagnostics import FlowEPE, flow_diagnostics, flow_in_frame_pixels, winning_queries
@@ -146,3 +146,22 @@ def test_a_model_without_flow_is_refused(dataset):
     model = Trainer.build_model(cfg)
     with pytest.raises(ValueError, match="neither an MPVSS model"):
         flow_diagnostics(model, cfg, name)
+
+
+def test_flownets_agrees_with_the_flow_evaluator(dataset):
+    """With max_gap 1 the diagnostics see every (t, t - 1) pair: FlowEvaluator's gap-1 pairs, another path."""
+    name, root = dataset
+    pairs = "test_flow_diagnostics_flow_val"
+    if pairs not in DatasetCatalog.list():
+        register_flow_pairs(pairs, root, "val", max_gap=2, both_directions=False)
+    cfg = setup_cfg(str(REPO / "configs/synthetic/flownets_pretrain.yaml"),
+                    ["MODEL.WEIGHTS", "", "DATASETS.TEST", f"('{pairs}',)", "MODEL.DEVICE", "cpu",
+                     "DATALOADER.NUM_WORKERS", 0])
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    model.eval()
+    expected = Trainer.test(cfg, model)["flow"]
+    result = flow_diagnostics(model, cfg, name, max_gap=1)
+    assert list(result["gaps"]) == [1]
+    assert result["EPE"] == pytest.approx(expected["EPE_gap1"], rel=1e-5)
+    assert result["EPE"] != pytest.approx(expected["EPE_zero_gap1"], rel=1e-2)  # a real flow, not zero
