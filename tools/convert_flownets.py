@@ -5,8 +5,8 @@ The MPVSS paper starts its motion encoder from FlowNetS weights pretrained on Fl
 the release's input normalisation is that of the FlowNetPytorch port, whose
 `flownets_EPE1.951.pth.tar` (a torch.save dict with "arch" "flownets", "state_dict" and
 "div_flow" 20) is the likely source. The output is a detectron2 checkpoint
-`{"model": ...}` for MODEL.MOTION.WEIGHTS (or MODEL.WEIGHTS of the FlowNetS
-meta-architecture after renaming), with these keys:
+`{"model": ...}` for MODEL.MOTION.WEIGHTS (of an MPVSS model, or of the FlowNetS
+meta-architecture to evaluate it on flow pairs), with these keys:
 
 | FlowNetPytorch                    | ours (prefix temporal.flow.)            |
 |-----------------------------------|-----------------------------------------|
