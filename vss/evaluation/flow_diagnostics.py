@@ -145,6 +145,28 @@ def _flow_module(model):
                      "the MaskPropagation head) nor a FlowNetS model")
 
 
+def _owners(class_logits, mask_logits, padded_size, image_size, frame_size):
+    """winning_queries at the frame's size, the masks resized as the semantic path resizes them."""
+    h, w = image_size
+    masks = upsample_masks(mask_logits[None], padded_size)[..., :h, :w]
+    masks = F.interpolate(masks, size=frame_size, mode="bilinear", align_corners=False)
+    return winning_queries(class_logits, masks[0])
+
+
+def _pair_flow(model, flow_module, image, key_image, queries, frame_size):
+    """(Q, 2, H, W) per-query or (2, H, W) one-map flow from image to key_image, in frame pixels."""
+    if flow_module is None:  # Copy: the key frame's masks stay where they are
+        return torch.zeros(2, *frame_size)
+    size = tuple(image.shape[-2:])
+    # padded as the model pads (MPVSS: its backbone's divisibility, FlowNetS: the flow's)
+    div = getattr(model, "size_divisibility", flow_module.size_divisibility)
+    pair = [F.pad(x, (0, -size[1] % div, 0, -size[0] % div))[None] for x in (image, key_image)]
+    flow = flow_module(*pair, queries[None] if flow_module.reads_key_queries else None, [size])[0]
+    single = flow.stride(0) == 0 or flow.shape[0] == 1  # one map expanded over the queries
+    flow = flow_in_frame_pixels(flow[:1] if single else flow, pair[0].shape[-2:], size, frame_size)
+    return flow[0] if single else flow
+
+
 @torch.no_grad()
 def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_PIXELS,
                      object_classes=SYNTHETIC_OBJECTS):
@@ -156,13 +178,13 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
     named in `object_classes` make the "objects" region.
     """
     flow_module, uses_masks = _flow_module(model)
-    root = MetadataCatalog.get(dataset_name).get("dataset_root", None)
+    meta = MetadataCatalog.get(dataset_name)
+    root = meta.get("dataset_root", None)
     if root is None:
         raise ValueError(f"flow_diagnostics: dataset {dataset_name!r} has no dataset_root in its metadata; "
                          "it needs a synthetic set (ground-truth motion)")
-    meta = MetadataCatalog.get(dataset_name)
     classes = meta.stuff_classes
-    object_ids = [classes.index(c) for c in object_classes if c in classes]
+    object_ids = torch.tensor([classes.index(c) for c in object_classes if c in classes]).view(-1, 1, 1)
     mapper = FrameMapper(cfg, is_train=False)
     was_training = model.training
     model.eval()
@@ -170,9 +192,8 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
     try:
         for video, records in group_by_video(DatasetCatalog.get(dataset_name)).items():
             for key in range(0, len(records), max_gap):
-                key_frame = mapper(records[key])
-                key_image = key_frame["image"].to(model.device).float()
-                owner = None
+                key_image = mapper(records[key])["image"].to(model.device).float()
+                queries = owner = None
                 if uses_masks:
                     queries, class_logits, mask_logits, padded = _key_frame_outputs(model, key_image)
                 for t in range(key + 1, min(key + max_gap + 1, len(records))):
@@ -182,27 +203,12 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
                     if image.shape != key_image.shape:
                         raise ValueError(f"flow_diagnostics: {record['file_name']} is {tuple(image.shape)} but its "
                                          f"key frame {records[key]['file_name']} is {tuple(key_image.shape)}")
-                    size = tuple(image.shape[-2:])
-                    frame_size = gt.shape[:2]
                     if uses_masks and owner is None:
-                        masks = upsample_masks(mask_logits[None], padded)[0, :, : size[0], : size[1]]
-                        masks = F.interpolate(masks[None], size=frame_size, mode="bilinear", align_corners=False)
-                        owner = winning_queries(class_logits, masks[0])
-                    if flow_module is None:  # Copy: the key frame's masks stay where they are
-                        flow = torch.zeros(2, *frame_size)
-                    else:
-                        # padded as the model pads (MPVSS: its backbone's divisibility, FlowNetS: the flow's)
-                        div = getattr(model, "size_divisibility", flow_module.size_divisibility)
-                        padded_pair = [F.pad(x, (0, -size[1] % div, 0, -size[0] % div)) for x in (image, key_image)]
-                        flow = flow_module(padded_pair[0][None], padded_pair[1][None],
-                                           queries[None] if flow_module.reads_key_queries else None, [size])[0]
-                        if flow.stride(0) == 0 or flow.shape[0] == 1:  # one map for every query
-                            flow = flow[:1]
-                        flow = flow_in_frame_pixels(flow, padded_pair[0].shape[-2:], size, frame_size)
-                        flow = flow[0] if flow.shape[0] == 1 else flow
+                        owner = _owners(class_logits, mask_logits, padded, image.shape[-2:], gt.shape[:2])
+                    flow = _pair_flow(model, flow_module, image, key_image, queries, gt.shape[:2])
                     label = read_label(record["sem_seg_file_name"], len(classes), meta.label_offset)
-                    objects = torch.from_numpy(label)[None] == torch.tensor(object_ids).view(-1, 1, 1)
-                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects.any(0))
+                    objects = (torch.from_numpy(label)[None] == object_ids).any(0)
+                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects)
     finally:
         model.train(was_training)
     return result.summary()
