@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vss.engine import Trainer, VSSCheckpointer, launch, setup_cfg
+from vss.modeling.mpvss.motion_weights import load_motion_weights
 
 
 def setup(args):
@@ -28,6 +29,7 @@ def main(args):
         VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        load_motion_weights(model, cfg.MODEL.MOTION.WEIGHTS)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -4,3 +4,4 @@ from .optimizer import build_optimizer
 from .predictor import VideoPredictor
 from .setup import setup_cfg
 from .trainer import Trainer
+from .runs import METRICS, evaluate, load_model, train_once, video_gflops
