@@ -1,31 +1,53 @@
-"""Generate the synthetic video dataset (registered as synthetic_vss_{train,val}).
+"""Generate the synthetic video dataset (registered as synthetic_vss_{train,val}, and with video
+effects as synthetic_vss_fx_{train,val}).
 
-    python datasets/prepare_synthetic.py                # ./datasets/synthetic_vss, seconds
+    python datasets/prepare_synthetic.py                      # ./datasets/synthetic_vss, seconds
+    python datasets/prepare_synthetic.py --effects effects    # ./datasets/synthetic_vss_fx
     python datasets/prepare_synthetic.py --frames 40 --height 240 --width 320 --overwrite
+    python datasets/prepare_synthetic.py --effects effects --motion-blur 0 --noise 20 --root /tmp/noisy
 
-The default root is `$DETECTRON2_DATASETS/synthetic_vss`, where the registered datasets
-look. Rerunning with the same options does nothing; other options need --overwrite.
+The default root is `$DETECTRON2_DATASETS/synthetic_vss` for the clean set and
+`$DETECTRON2_DATASETS/synthetic_vss_fx` for any set with effects, where the registered
+datasets look. Rerunning with the same options does nothing; other options need --overwrite.
+Effect strengths start from the preset and each option given replaces one (see
+vss/data/video_effects.py for what each does).
 """
 import argparse
 import os
 import sys
 
-from vss.data.datasets.synthetic import SYNTHETIC_DIRNAME
+from vss.data.datasets.synthetic import SYNTHETIC_DIRNAMES
 from vss.data.synthetic import generate
+from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
+
+# Option name, type and help of each effect strength.
+EFFECT_OPTIONS = {
+    "speed": (float, "factor on every motion"),
+    "turns": (float, "varied motion: sudden turns and speed changes, camera shake (pixels at 120 px)"),
+    "motion_blur": (float, "longest exposure as a fraction of the frame interval, 0..1"),
+    "occlusions": (float, "occluder passes (pillars, near persons) per 20 frames"),
+    "flicker": (float, "illumination change per frame, relative"),
+    "noise": (float, "largest extra sensor noise standard deviation, 0..255 units"),
+    "jpeg_quality": (int, "lowest JPEG quality drawn (92 = no extra compression)"),
+}
 
 
 def main(argv=None):
-    default_root = os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-                                SYNTHETIC_DIRNAME)
+    datasets = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=default_root, help=f"output folder (default {default_root})")
+    parser.add_argument("--root", help="output folder (default: see above)")
     parser.add_argument("--train-videos", type=int, default=8)
     parser.add_argument("--val-videos", type=int, default=4)
     parser.add_argument("--frames", type=int, default=20, help="frames per video")
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--effects", choices=sorted(PRESETS), default="clean",
+                        help="preset of video effects (default clean)")
+    for name, (kind, text) in EFFECT_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind,
+                            help=f"{text} (clean {CLEAN[name]:g}, effects {PRESETS['effects'][name]:g})")
     parser.add_argument("--flow-files", action="store_true",
                         help="also write flow/<t>.flo (Middlebury) and flow_valid/<t>.png: the backward flow "
                              "of each frame t > 0 to frame t - 1")
@@ -33,9 +55,12 @@ def main(argv=None):
                         help="replace an existing dataset generated with different options")
     args = parser.parse_args(argv)
     try:
-        summary = generate(args.root, train_videos=args.train_videos, val_videos=args.val_videos,
-                           frames=args.frames, height=args.height, width=args.width, seed=args.seed,
-                           flow_files=args.flow_files, overwrite=args.overwrite)
+        effects = resolve_effects(args.effects, **{name: getattr(args, name) for name in EFFECT_OPTIONS})
+        dirname = SYNTHETIC_DIRNAMES["synthetic_vss" if effects == CLEAN else "synthetic_vss_fx"]
+        summary = generate(args.root or os.path.join(datasets, dirname), train_videos=args.train_videos,
+                           val_videos=args.val_videos, frames=args.frames, height=args.height,
+                           width=args.width, seed=args.seed, effects=effects, flow_files=args.flow_files,
+                           overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
         sys.exit(f"prepare_synthetic: {e}")
     videos = {split: len(ids) for split, ids in summary["videos"].items()}

@@ -11,6 +11,10 @@ Every layer (the background canvas, each object) only translates by whole pixels
 generator knows the exact flow between any two frames: `ground_truth_flow` reads it back
 from the layer maps and positions written beside the frames.
 
+Video effects (`vss.data.video_effects`: faster and varied motion, motion blur, occluders,
+flicker, noise, compression) are drawn per video and per frame from generators spawned from
+the video's own, so the clean videos are the same with or without them.
+
 Written in VSPW layout (see `vss.data.datasets.vspw`) with raw label = train id + 1.
 """
 import json
@@ -25,6 +29,7 @@ import numpy as np
 
 from .datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS
 from .flow_io import write_flo
+from .video_effects import Camera, resolve_effects
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,6 @@ logger = logging.getLogger(__name__)
 GENERATOR = "vss.data.synthetic"
 GENERATOR_VERSION = 2
 LABEL_OFFSET = 1
-JPEG_QUALITY = 92
 SPLITS = ("train", "val")
 SPEC_FILE = "spec.json"
 MOTION_FILE = "motion.json"
@@ -143,10 +147,35 @@ def _triangle(u, v, points):
     return ((d0 >= 0) & (d1 >= 0) & (d2 >= 0)) | ((d0 <= 0) & (d1 <= 0) & (d2 <= 0))
 
 
+def _person(u, v, a, b):
+    return _ellipse(u, v - 0.25 * b, a, 0.75 * b) | _ellipse(u, v + 0.72 * b, 0.7 * a, 0.7 * a)
+
+
+def _person_texture(rng, v, b, grain):
+    shirt = rng.uniform([180, 80, 20], [250, 160, 90])
+    tex = np.where((v < 0.15 * b)[..., None], shirt, np.array([35, 45, 95]))
+    tex = np.where((v < -0.55 * b)[..., None], np.array([230, 180, 145]), tex)
+    return tex + 8 * grain
+
+
+class _Motion:
+    """How objects move: the speed factor, and with `turns` > 0 sudden turns drawn from `rng`."""
+
+    def __init__(self, speed, turns, rng):
+        self.speed, self.turns, self.rng = speed, turns, rng
+
+    def turn(self, vel, speed):
+        """A new velocity: turned by up to 115 degrees, its speed redrawn around the object's own."""
+        angle = self.rng.uniform(-2, 2)
+        c, s = np.cos(angle), np.sin(angle)
+        direction = np.array([c * vel[0] - s * vel[1], s * vel[0] + c * vel[1]])
+        return direction / max(np.hypot(*direction), 1e-9) * speed * self.rng.uniform(0.5, 1.8)
+
+
 class _Object:
     """One moving object: a shape in a local (2R+1)^2 patch, its texture there, and a path."""
 
-    def __init__(self, rng, kind, frames, height, width):
+    def __init__(self, rng, kind, frames, height, width, motion):
         s = min(height, width) / 120
         self.kind, self.raw = kind, RAW[kind]
         self.flap = None
@@ -169,10 +198,13 @@ class _Object:
             y_range, bounce, wobble = (0.1, 0.5), rng.random() < 0.5, rng.uniform(2, 6) * s
             self.flap = (rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.9))
         self.radius = int(np.ceil(extent)) + 1
+        self.half = (self.radius, self.radius)
         r = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
         self.u, self.v = r[None], r[:, None]
         self.texture = self._texture(rng)
-        self.path = self._path(rng, frames, height, width, speed, vy, y_range, bounce, gravity, wobble)
+        factor = motion.speed
+        self.path = self._path(rng, frames, height, width, speed * factor, vy * factor, y_range,
+                               bounce or motion.turns > 0, gravity * factor**2, wobble, motion)
 
     def _texture(self, rng):
         u, v, a, b = self.u, self.v, self.a, self.b
@@ -187,10 +219,7 @@ class _Object:
             tex = np.where(wheels[..., None], np.array([25, 25, 25]), tex)
             return tex + 5 * grain
         if self.kind == "person":
-            shirt = rng.uniform([180, 80, 20], [250, 160, 90])
-            tex = np.where((v < 0.15 * b)[..., None], shirt, np.array([35, 45, 95]))
-            tex = np.where((v < -0.55 * b)[..., None], np.array([230, 180, 145]), tex)
-            return tex + 8 * grain
+            return _person_texture(rng, v, b, grain)
         if self.kind == "ball":
             base = np.array([245, 225, 60])
             angle = rng.uniform(0, np.pi)
@@ -201,7 +230,7 @@ class _Object:
         feathers = np.array([rng.uniform(40, 80), rng.uniform(25, 50), rng.uniform(15, 35)])
         return feathers + 18 * grain + 15 * np.sin(u / 1.5)[..., None]
 
-    def _path(self, rng, frames, height, width, speed, vy, y_range, bounce, gravity, wobble):
+    def _path(self, rng, frames, height, width, speed, vy, y_range, bounce, gravity, wobble, motion):
         """Integer centre per frame; bouncing objects reflect at the frame (or their band's) border."""
         lo = np.array([0.0, y_range[0] * height + 0.5 * self.b])
         hi = np.array([width - 1.0, y_range[1] * height - 0.5 * self.b])
@@ -213,6 +242,8 @@ class _Object:
             dy = wobble * np.sin(0.5 * t + phase)
             path.append((int(round(pos[0])), int(round(pos[1] + dy))))
             vel[1] += gravity
+            if motion.turns and motion.rng.random() < 0.15 * motion.turns:
+                vel = motion.turn(vel, speed)
             pos = pos + vel
             if bounce:
                 below, above = pos < lo, pos > hi
@@ -227,7 +258,7 @@ class _Object:
             cabin = _rounded_box(u, v + 0.55 * b, 0.55 * a, 0.45 * b, 0.35 * b)
             return body | cabin | _ellipse(np.abs(u) - 0.6 * a, v - 0.75 * b, 0.25 * b, 0.25 * b)
         if self.kind == "person":
-            return _ellipse(u, v - 0.25 * b, a, 0.75 * b) | _ellipse(u, v + 0.72 * b, 0.7 * a, 0.7 * a)
+            return _person(u, v, a, b)
         if self.kind == "ball":
             return _ellipse(u, v, a, a)
         phase, rate = self.flap
@@ -236,65 +267,153 @@ class _Object:
         return wing | _ellipse(u, v, 0.4 * a, 0.3 * b)
 
 
-def _paste(image, label, layer, obj, t, index):
-    """Draw `obj` at frame `t` over the frame, its label and the layer map (as layer `index`)."""
-    cx, cy = obj.path[t]
-    r, (h, w) = obj.radius, label.shape
-    y0, x0 = cy - r, cx - r
-    fy0, fy1 = max(y0, 0), min(y0 + 2 * r + 1, h)
-    fx0, fx1 = max(x0, 0), min(x0 + 2 * r + 1, w)
+class _Occluder:
+    """A pillar (class wall) or a person close to the camera, sweeping across the frame in a few frames.
+
+    About one pillar in two is wider than the frame: it hides the whole view briefly.
+    """
+
+    def __init__(self, rng, frames, height, width):
+        s = min(height, width) / 120
+        self.kind = "wall" if rng.random() < 0.6 else "person"
+        self.raw = RAW[self.kind]
+        if self.kind == "wall":
+            a = width * (rng.uniform(0.6, 0.75) if rng.random() < 0.5 else rng.uniform(0.08, 0.22))
+            b, cy = height / 2 + 2, (height - 1) // 2
+            half = (int(np.ceil(b)) + 1, int(np.ceil(a)) + 1)
+        else:
+            b = height * rng.uniform(0.55, 0.75)
+            a, cy = b * rng.uniform(0.3, 0.4), int(height * rng.uniform(0.55, 0.8))
+            half = (int(np.ceil(1.1 * b)) + 1, int(np.ceil(a)) + 1)
+        self.half = half
+        u = np.arange(-half[1], half[1] + 1, dtype=np.float64)[None]
+        v = np.arange(-half[0], half[0] + 1, dtype=np.float64)[:, None]
+        grain = rng.normal(size=(2 * half[0] + 1, 2 * half[1] + 1, 1))
+        if self.kind == "wall":
+            self.shape = _rounded_box(u, v, a, b, min(a, 3 * s))
+            concrete = rng.uniform(80, 170) * np.array([1, rng.uniform(0.9, 1.05), rng.uniform(0.85, 1.1)])
+            shade = 1 - 0.35 * (u / a) ** 2  # a round pillar, lit from the front
+            seams = np.where(v % max(6, int(14 * s)) < 1, 0.7, 1.0)
+            self.texture = (concrete * (shade * seams)[..., None]) + 8 * grain
+        else:
+            self.shape = _person(u, v, a, b)
+            self.texture = _person_texture(rng, v, b, grain)
+        # Enters fully outside one side and leaves fully outside the other within 3 to 8 frames.
+        span = width + 2 * half[1]
+        velocity = span / rng.uniform(3, 8) * rng.choice([-1, 1])
+        middle = rng.uniform(-0.5, frames - 0.5)
+        self.path = [(int(round((width - 1) / 2 + velocity * (t - middle))), cy) for t in range(frames)]
+
+    def mask(self, when):
+        return self.shape
+
+
+def _paste(image, label, layer, obj, centre, when, index):
+    """Draw `obj` centred at `centre` (x, y) at `when` over the frame, its label and the layer map."""
+    cx, cy = centre
+    (ry, rx), (h, w) = obj.half, label.shape
+    y0, x0 = cy - ry, cx - rx
+    fy0, fy1 = max(y0, 0), min(y0 + 2 * ry + 1, h)
+    fx0, fx1 = max(x0, 0), min(x0 + 2 * rx + 1, w)
     if fy0 >= fy1 or fx0 >= fx1:
         return
     local = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
-    m = obj.mask(t)[local]
+    m = obj.mask(when)[local]
     image[fy0:fy1, fx0:fx1][m] = obj.texture[local][m]
     label[fy0:fy1, fx0:fx1][m] = obj.raw
     layer[fy0:fy1, fx0:fx1][m] = index
 
 
-def render_video(rng, frames, height, width):
-    """Render one video from `rng` (a numpy Generator).
+def _track_at(track, when):
+    """Whole-pixel position on a per-frame track at a fractional `when` (linear between frames)."""
+    last = len(track) - 1
+    when = min(max(when, 0), last)
+    i = int(np.floor(when))
+    frac = when - i
+    return np.rint((1 - frac) * track[i] + frac * track[min(i + 1, last)]).astype(int)
+
+
+def _render(canvas, canvas_labels, positions, layers, when, height, width):
+    """(image, raw label, layer map) of the scene at `when`; layer 0 is the canvas, positions (L, F, 2)."""
+    ox, oy = -_track_at(positions[0], when)
+    image = canvas[oy:oy + height, ox:ox + width].copy()
+    label = canvas_labels[oy:oy + height, ox:ox + width].copy()
+    layer = np.zeros((height, width), np.uint8)
+    for index, obj in enumerate(layers, 1):
+        _paste(image, label, layer, obj, _track_at(positions[index], when), when, index)
+    return image, label, layer
+
+
+def _exposed(canvas, canvas_labels, positions, layers, t, exposure, visible, height, width):
+    """The frame at `t` integrated over an exposure centred on it (motion blur), float RGB."""
+    near = positions[visible][:, [max(t - 1, 0), t, min(t + 1, positions.shape[1] - 1)]]
+    travel = exposure * np.abs(np.diff(near, axis=1)).max(initial=0)
+    samples = int(min(16, np.ceil(travel))) + 1  # about one sample per pixel of travel
+    times = t + exposure * (np.linspace(0, 1, samples) - 0.5)
+    return np.mean([_render(canvas, canvas_labels, positions, layers, when, height, width)[0]
+                    for when in times], axis=0)
+
+
+def render_video(rng, frames, height, width, effects=None):
+    """Render one video from `rng` (a numpy Generator) with `effects` (a preset name or strength
+    dict, see `vss.data.video_effects`; None = clean).
 
     Returns {"images": uint8 (F, H, W, 3) RGB, "labels": uint8 (F, H, W) raw values
     (train id + 1), "pan": int (F, 2) canvas (row, col) offset of each frame,
     "canvas_labels": uint8 raw labels of the whole background canvas, "layers": uint8
     (F, H, W) index of the layer seen at each pixel (0 = background, then the objects far
-    to near), "positions": int (L, F, 2) (x, y) where each layer's origin is in each frame,
-    "layer_classes": the class name of each layer ("background" for layer 0)}.
+    to near, occluders nearest), "positions": int (L, F, 2) (x, y) where each layer's origin is
+    in each frame, "layer_classes": the class name of each layer ("background" for layer 0),
+    "quality": int (F,) the JPEG quality each frame is to be written with}.
 
     Every layer only translates by whole pixels, so a pixel of layer i at p in frame t shows
-    the same surface point as p + positions[i, k] - positions[i, t] in frame k.
+    the same surface point as p + positions[i, k] - positions[i, t] in frame k. The effects
+    draw from generators spawned from `rng`, so the clean draws (and frames) never change and
+    each effect's draws do not depend on the other effects' strengths.
     """
+    effects = resolve_effects(effects)
+    motion_rng, occluder_rng, blur_rng, camera_rng = rng.spawn(4)
     s = min(height, width) / 120
     pan_speed = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.5, 2.5) * rng.choice([-1, 1])]) * s
-    extent = np.ceil(np.abs(pan_speed) * max(frames - 1, 0)).astype(int)
-    start = np.where(pan_speed < 0, extent, 0)
-    pan = np.rint(start + pan_speed * np.arange(frames)[:, None]).astype(int)
-    pan = np.clip(pan, 0, extent)
+    track = pan_speed * effects["speed"] * np.arange(frames)[:, None]
+    if effects["turns"]:
+        track = track + motion_rng.normal(0, effects["turns"] * s, (frames, 2))  # camera shake
+    start = np.ceil(np.maximum(-track.min(0), 0)).astype(int)
+    extent = np.ceil(track.max(0) + start).astype(int)
+    pan = np.clip(np.rint(start + track), 0, extent).astype(int)
     canvas_labels, canvas = _background(rng, height + extent[0], width + extent[1], height, width,
                                         top=extent[0] / 2)
 
     kinds = ["car", "person", "ball", "bird"]
     kinds += list(rng.choice(kinds, size=rng.integers(0, 3)))
-    objects = [_Object(rng, kind, frames, height, width) for kind in kinds]
+    motion = _Motion(effects["speed"], effects["turns"], motion_rng)
+    objects = [_Object(rng, kind, frames, height, width, motion) for kind in kinds]
     depth_order = [objects[i] for i in rng.permutation(len(objects))]  # far to near
     gain = rng.uniform(0.85, 1.15)
+    passes = occluder_rng.poisson(effects["occlusions"] * frames / 20)
+    layers = depth_order + [_Occluder(occluder_rng, frames, height, width) for _ in range(passes)]
+    if len(layers) > 255:
+        raise ValueError(f"synthetic video: {len(layers)} object layers do not fit the uint8 layer maps; "
+                         "lower occlusions or frames")
+    positions = np.stack([-pan[:, ::-1]] + [np.array(obj.path) for obj in layers])
+    camera = Camera(effects, camera_rng)
 
     images = np.empty((frames, height, width, 3), np.uint8)
     labels = np.empty((frames, height, width), np.uint8)
-    layers = np.zeros((frames, height, width), np.uint8)
-    for t, (oy, ox) in enumerate(pan):
-        image = canvas[oy:oy + height, ox:ox + width].copy()
-        label = canvas_labels[oy:oy + height, ox:ox + width].copy()
-        for index, obj in enumerate(depth_order, 1):
-            _paste(image, label, layers[t], obj, t, index)
+    layer_maps = np.empty((frames, height, width), np.uint8)
+    quality = np.empty(frames, int)
+    for t in range(frames):
+        image, labels[t], layer_maps[t] = _render(canvas, canvas_labels, positions, layers, t, height, width)
+        if effects["motion_blur"]:
+            exposure = effects["motion_blur"] * blur_rng.uniform(0.5, 1)
+            visible = np.unique(layer_maps[t])
+            image = _exposed(canvas, canvas_labels, positions, layers, t, exposure, visible, height, width)
         image = image * gain + rng.normal(0, 2.0, image.shape)  # sensor noise differs per frame
+        image, quality[t] = camera.expose(image)
         images[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-        labels[t] = label
-    positions = np.stack([-pan[:, ::-1]] + [np.array(obj.path) for obj in depth_order])
     return {"images": images, "labels": labels, "pan": pan, "canvas_labels": canvas_labels,
-            "layers": layers, "positions": positions,
-            "layer_classes": ["background"] + [obj.kind for obj in depth_order]}
+            "layers": layer_maps, "positions": positions, "quality": quality,
+            "layer_classes": ["background"] + [str(obj.kind) for obj in layers]}
 
 
 def layered_flow(positions, layers_frame, layers_key, frame, key_frame):
@@ -321,11 +440,11 @@ def video_ids(spec):
     return {split: [f"{split}_{i:04d}" for i in range(spec[f"{split}_videos"])] for split in SPLITS}
 
 
-def _make_spec(train_videos, val_videos, frames, height, width, seed, flow_files):
+def _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files):
     spec = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed,
             "train_videos": train_videos, "val_videos": val_videos, "frames": frames,
             "height": height, "width": width, "classes": list(SYNTHETIC_CLASSES),
-            "flow_files": bool(flow_files)}
+            "effects": resolve_effects(effects), "flow_files": bool(flow_files)}
     minimum = {"train_videos": 1, "val_videos": 1, "frames": 1, "height": 32, "width": 32, "seed": 0}
     for key, low in minimum.items():
         value = spec[key]
@@ -371,7 +490,7 @@ def _summary(root, spec, generated):
 
 
 def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width=160, seed=0,
-             flow_files=False, overwrite=False):
+             effects=None, flow_files=False, overwrite=False):
     """Write the synthetic dataset to `root` in VSPW layout and return a summary dict.
 
     Beside each video's frames and labels: `motion.json` (each layer's class and position per
@@ -384,16 +503,17 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     (summary["generated"] is False). A different or missing spec in a non-empty `root`
     is an error unless `overwrite`; overwriting only deletes what the generator wrote.
     The output of an older generator version is replaced. Video i of a split depends only
-    on (seed, split, i) and the frame size/count.
+    on (seed, split, i), the frame size/count and the effects.
     """
-    spec = _make_spec(train_videos, val_videos, frames, height, width, seed, flow_files)
+    spec = _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files)
     root = os.fspath(root)
     if os.path.isdir(root) and os.listdir(root):
         existing = _read_spec(root)
         if existing == spec and not overwrite:
             logger.info("%s already holds the synthetic dataset with this spec; nothing to do", root)
             return _summary(root, spec, generated=False)
-        outdated = (existing or {}).get("generator") == GENERATOR and existing.get("version") != GENERATOR_VERSION
+        outdated = existing is not None and existing.get("generator") == GENERATOR \
+            and existing.get("version") != GENERATOR_VERSION
         if outdated:
             logger.warning("%s was written by generator version %s; replacing it with version %d", root,
                            existing.get("version"), GENERATOR_VERSION)
@@ -411,7 +531,7 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     for split_code, (split, ids) in enumerate(video_ids(spec).items()):
         for index, video in enumerate(ids):
             rng = np.random.default_rng([spec["seed"], split_code, index])
-            out = render_video(rng, spec["frames"], spec["height"], spec["width"])
+            out = render_video(rng, spec["frames"], spec["height"], spec["width"], spec["effects"])
             _write_video(os.path.join(root, "data", video), out, spec["flow_files"])
         with open(os.path.join(root, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
@@ -440,7 +560,7 @@ def _write_video(video_dir, out, flow_files):
     for t, (image, label, layer) in enumerate(zip(out["images"], out["labels"], out["layers"])):
         name = _frame_name(t)
         _write(os.path.join(video_dir, "origin", name + ".jpg"), image[:, :, ::-1],
-               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+               [cv2.IMWRITE_JPEG_QUALITY, int(out["quality"][t])])
         _write(os.path.join(video_dir, "mask", name + ".png"), label, [])
         _write(os.path.join(video_dir, "layers", name + ".png"), layer, [])
         if flow_files and t > 0:

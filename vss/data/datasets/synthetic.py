@@ -1,5 +1,7 @@
 """Synthetic moving-object video in VSPW layout, written by datasets/prepare_synthetic.py.
 
+Registered: synthetic_vss_{train,val} (clean) and synthetic_vss_fx_{train,val} (video effects).
+
 The class list lives here so that the generator and the registration agree.
 """
 import os
@@ -14,10 +16,13 @@ SYNTHETIC_COLORS = [
     (70, 130, 180), (107, 142, 35), (128, 64, 128), (102, 102, 156),
     (0, 0, 142), (220, 20, 60), (250, 170, 30), (255, 0, 0),
 ]
-SYNTHETIC_DIRNAME = "synthetic_vss"
+# Dataset name prefix -> folder: the clean set and the set with video effects (`--effects effects`).
+SYNTHETIC_DIRNAMES = {"synthetic_vss": "synthetic_vss", "synthetic_vss_fx": "synthetic_vss_fx"}
+SYNTHETIC_DIRNAME = SYNTHETIC_DIRNAMES["synthetic_vss"]
 
 
 def register_all_synthetic(datasets_root):
-    root = os.path.join(datasets_root, SYNTHETIC_DIRNAME)
-    for split in ("train", "val"):
-        register_vspw_layout(f"synthetic_vss_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS)
+    for prefix, dirname in SYNTHETIC_DIRNAMES.items():
+        root = os.path.join(datasets_root, dirname)
+        for split in ("train", "val"):
+            register_vspw_layout(f"{prefix}_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS)
