@@ -62,7 +62,6 @@ class Trainer(DefaultTrainer):
     """Flow-pair datasets (FlowNetS pretraining) get pair loaders and FlowEvaluator; video
     datasets the video loaders and VSSEvaluator."""
 
-
     def __init__(self, cfg):
         self._rng_to_restore = None
         # DefaultTrainer wraps the model with detectron2's create_ddp_model, which gives DDP

@@ -8,13 +8,14 @@ MPVSS uses it: pixel p of the frame was at p + flow(p) in the key frame.
 
 Registered: `synthetic_vss_flow_train` (gaps 1..10 in both directions: the key frame
 earlier or later) and `synthetic_vss_flow_val` (the key frame 1..10 frames earlier, as at
-MPVSS inference), over the frames of `synthetic_vss_{train,val}`.
+MPVSS inference), over the frames of `synthetic_vss_{train,val}`; the same for the set with
+video effects, `synthetic_vss_fx_flow_{train,val}`.
 """
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .synthetic import SYNTHETIC_DIRNAME
+from .synthetic import SYNTHETIC_DIRNAMES
 from .vspw import load_vspw_layout
 
 MAX_GAP = 10
@@ -63,6 +64,7 @@ def register_flow_pairs(name, root, split, max_gap, both_directions):
 
 
 def register_all_synthetic_flow(datasets_root):
-    root = os.path.join(datasets_root, SYNTHETIC_DIRNAME)
-    register_flow_pairs("synthetic_vss_flow_train", root, "train", MAX_GAP, both_directions=True)
-    register_flow_pairs("synthetic_vss_flow_val", root, "val", MAX_GAP, both_directions=False)
+    for prefix, dirname in SYNTHETIC_DIRNAMES.items():
+        root = os.path.join(datasets_root, dirname)
+        register_flow_pairs(f"{prefix}_flow_train", root, "train", MAX_GAP, both_directions=True)
+        register_flow_pairs(f"{prefix}_flow_val", root, "val", MAX_GAP, both_directions=False)
