@@ -60,6 +60,16 @@ def test_pair_records_both_directions_and_gaps():
         flow_pair_records(frames, "root", 0, both_directions=True)
 
 
+def test_pair_records_never_use_a_missing_frame():
+    # frame 2 is missing: frame_idx numbers the video, list positions do not
+    frames = [{"file_name": f"a/{t}.jpg", "video_id": "a", "frame_idx": t, "height": 4, "width": 6}
+              for t in (0, 1, 3, 4)]
+    pairs = flow_pair_records(frames, "root", 2, both_directions=False)
+    assert [(r["frame_idx"], r["key_frame_idx"], r["gap"]) for r in pairs] == [
+        (1, 0, 1), (3, 1, 2), (4, 3, 1)]
+    assert all(r["key_file_name"] == f"a/{r['key_frame_idx']}.jpg" for r in pairs)
+
+
 def test_flow_follows_resize_crop_and_flip_on_content(tmp_path):
     record = write_pair(tmp_path)
     augs = [T.ResizeShortestEdge(72, 1000), T.RandomCrop("absolute", (56, 88)), T.RandomFlip(prob=1.0)]

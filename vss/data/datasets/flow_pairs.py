@@ -22,24 +22,23 @@ MAX_GAP = 10
 
 
 def flow_pair_records(frames, root, max_gap, both_directions):
-    """Pair records over frame records (one video's frames consecutive, in frame order).
+    """Pair records over frame records.
 
-    Every frame t gets the key frames t - g for g = 1..max_gap inside the video, and
-    t + g too with `both_directions`.
+    Every frame t gets the key frames t - g for g = 1..max_gap that the video has (a missing
+    frame is a gap, never a key frame), and t + g too with `both_directions`.
     """
     if max_gap < 1:
         raise ValueError(f"flow pairs: max_gap must be >= 1, got {max_gap}")
     videos = {}
     for rec in frames:
-        videos.setdefault(rec["video_id"], []).append(rec)
+        videos.setdefault(rec["video_id"], {})[rec["frame_idx"]] = rec
     gaps = [g for g in range(1, max_gap + 1)] + ([-g for g in range(1, max_gap + 1)] if both_directions else [])
     pairs = []
-    for video, recs in videos.items():
-        for rec in recs:
-            t = rec["frame_idx"]
+    for video, by_idx in videos.items():
+        for t, rec in by_idx.items():
             for gap in gaps:
-                if 0 <= t - gap < len(recs):
-                    key = recs[t - gap]
+                key = by_idx.get(t - gap)
+                if key is not None:
                     pairs.append({
                         "file_name": rec["file_name"],
                         "key_file_name": key["file_name"],
