@@ -11,10 +11,10 @@ model's output is resized back to.
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_test_loader,
-                             build_detection_train_loader)
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 
 from .augment import augment_frames, build_augmentations
+from .build import resumable_train_loader
 from .io import read_frame
 from .synthetic import ground_truth_flow
 
@@ -123,14 +123,8 @@ def _records(names):
 
 
 def build_flow_train_loader(cfg, mapper=None):
-    """detectron2's infinite training loader over the pairs of cfg.DATASETS.TRAIN."""
-    return build_detection_train_loader(
-        dataset=_records(cfg.DATASETS.TRAIN),
-        mapper=mapper or FlowPairMapper(cfg, is_train=True),
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+    """The endless, resumable training loader over the pairs of cfg.DATASETS.TRAIN."""
+    return resumable_train_loader(cfg, _records(cfg.DATASETS.TRAIN), mapper or FlowPairMapper(cfg, is_train=True))
 
 
 def build_flow_test_loader(cfg, dataset_name, mapper=None):
