@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vss.engine import Trainer, VSSCheckpointer, check_weights, launch, load_cfg, prepare_cfg
+from vss.modeling.mpvss.motion_weights import load_motion_weights
 
 
 def setup(args):
@@ -43,6 +44,7 @@ def main(args):
         VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        load_motion_weights(model, cfg.MODEL.MOTION.WEIGHTS)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -22,8 +22,9 @@ READMES = ["README.md", "projects/MPVSS/README.md", "projects/TV3S/README.md", "
 _COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:\S*/)?python3? ")
 # Why an example cannot run here; the first matching rule applies.
 NOT_HERE = [
-    (re.compile(r"(?<![\w.])(CONFIG|KEY VALUE)\b|path/to/|(?<![\w.])/data/"),
+    (re.compile(r"(?<![\w.])(CONFIG|KEY VALUE)\b|\[--|path/to/|(?<![\w.])/data/"),
      "a template with placeholders or the user's own data"),
+    (re.compile(r"tools/convert_\w+\.py"), "converts downloaded official weights"),
     (re.compile(r"--num-gpus"), "needs several GPUs"),
     (re.compile(r"configs/(vspw|cityscapes)/|prepare_cityscapes_video"), "needs VSPW or Cityscapes, or full-size models"),
     (re.compile(r"tools/(analyze_model|benchmark\w*)\.py"), "a timing tool (tests/test_tools.py runs it)"),

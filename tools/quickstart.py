@@ -22,19 +22,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from vss.data.synthetic import generate
-from vss.engine import Trainer, setup_cfg
-from vss.utils.flops import video_flops
+from vss.engine import METRICS, evaluate, train_once, video_gflops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ["mIoU", "WIoU", "mVC8", "mVC16"]
 PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
 MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
 COPY = "configs/synthetic/mpvss_copy.yaml"
@@ -42,45 +38,16 @@ TV3S = "configs/synthetic/tv3s_tiny.yaml"
 KEY_INTERVALS = (2, 5, 10)
 
 
-def config(path, opts):
-    return setup_cfg(os.path.join(REPO, path), list(opts))
+def log(message):
+    print(f"[quickstart] {message}")
 
 
 def train(name, path, output_dir, opts):
-    """Train once into `output_dir`; returns the final checkpoint."""
-    final = os.path.join(output_dir, "model_final.pth")
-    if os.path.isfile(final):
-        print(f"[quickstart] {name}: using the trained {final}")
-        return final
-    # No evaluation inside training: the evaluations below are the ones reported.
-    cfg = config(path, list(opts) + ["OUTPUT_DIR", output_dir, "DATASETS.TEST", "()"])
-    print(f"[quickstart] {name}: training {cfg.SOLVER.MAX_ITER} iterations ({path})")
-    os.makedirs(output_dir, exist_ok=True)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return final
+    return train_once(name, os.path.join(REPO, path), output_dir, opts, log=log)
 
 
-def evaluate(name, path, weights, opts=()):
-    """{metric: value, "frames/s": ...} of `weights` on the config's test set."""
-    cfg = config(path, list(opts) + ["MODEL.WEIGHTS", weights])
-    model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
-    print(f"[quickstart] {name}: evaluating on {cfg.DATASETS.TEST[0]}")
-    frames = len(Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]).dataset)
-    start = time.perf_counter()
-    metrics = Trainer.test(cfg, model)["sem_seg"]  # one test dataset: its results directly
-    return {**{m: metrics[m] for m in METRICS}, "frames/s": frames / (time.perf_counter() - start)}
-
-
-def tiny_gflops(path, weights, opts=()):
-    """(key frame, propagated frame) GFLOPs of a tiny MPVSS model at the synthetic frame size."""
-    cfg = config(path, list(opts) + ["MODEL.WEIGHTS", weights, "MODEL.MPVSS.KEY_INTERVAL", "2"])
-    model = Trainer.build_model(cfg)
-    first = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]
-    key, nonkey = (c[""] / 1e9 for c in video_flops(model, first["height"], first["width"], frames=2))
-    return key, nonkey
+def run_eval(name, path, weights, opts=()):
+    return evaluate(name, os.path.join(REPO, path), weights, opts, log=log)
 
 
 def main():
@@ -102,12 +69,13 @@ def main():
     tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"), [])
 
     rows = [
-        {"model": "Mask2Former (per frame)", **evaluate("Mask2Former", PER_FRAME, per_frame)},
-        {"model": "MPVSS (query flow, K=5)", **evaluate("MPVSS", MPVSS, mpvss)},
-        {"model": "TV3S (streaming)", **evaluate("TV3S", TV3S, tv3s)},
+        {"model": "Mask2Former (per frame)", **run_eval("Mask2Former", PER_FRAME, per_frame)},
+        {"model": "MPVSS (query flow, K=5)", **run_eval("MPVSS", MPVSS, mpvss)},
+        {"model": "TV3S (streaming)", **run_eval("TV3S", TV3S, tv3s)},
     ]
-    table = tabulate([[r["model"]] + [r[m] for m in METRICS + ["frames/s"]] for r in rows],
-                     headers=["model"] + METRICS + ["frames/s"], floatfmt=".1f", tablefmt="github")
+    columns = list(METRICS) + ["frames/s"]
+    table = tabulate([[r["model"]] + [r[c] for c in columns] for r in rows], headers=["model"] + columns,
+                     floatfmt=".1f", tablefmt="github")
 
     video = os.path.join(summary["root"], "data", summary["videos"]["val"][0], "origin", "*.jpg")
     print(f"[quickstart] segmenting {video} with MPVSS")
@@ -120,12 +88,12 @@ def main():
     for name, path, weights in [("copy", COPY, per_frame), ("query flow", MPVSS, mpvss)]:
         files = []
         for k in KEY_INTERVALS:
-            result = evaluate(f"{name}, K={k}", path, weights, ["MODEL.MPVSS.KEY_INTERVAL", str(k)])
+            result = run_eval(f"{name}, K={k}", path, weights, ["MODEL.MPVSS.KEY_INTERVAL", str(k)])
             files.append(os.path.join(out, f"tradeoff_{name.replace(' ', '_')}_k{k}.json"))
             with open(files[-1], "w") as f:
                 json.dump({"K": k, "sem_seg": result}, f)
         runs += ["--runs", f"{name}=" + ",".join(files)]
-    key, nonkey = tiny_gflops(MPVSS, mpvss)
+    key, nonkey = video_gflops(os.path.join(REPO, MPVSS), mpvss, ["MODEL.MPVSS.KEY_INTERVAL", "2"])
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_keyframe_tradeoff.py"), *runs,
                     "--flops", f"KEY={key:.3f},NONKEY={nonkey:.3f}",
                     "--flops-label", "tiny MPVSS (query flow), synthetic frames",

@@ -217,6 +217,19 @@ def add_mpvss_config(cfg):
     cfg.MODEL.MOTION.PRE_NORM = False
     # The pixel flow is multiplied by this.
     cfg.MODEL.MOTION.FLOW_SCALE_FACTOR = 1.0
+    # Pretrained flow-module weights, loaded after MODEL.WEIGHTS as a separate logged step
+    # (tensors `flow.*` of a FlowNetS pretraining run or `temporal.flow.*` of
+    # tools/convert_flownets.py / an MPVSS checkpoint, wherever shapes agree); "" loads none.
+    cfg.MODEL.MOTION.WEIGHTS = ""
+
+
+def add_flownets_config(cfg):
+    """FlowNetS pretraining of the motion encoder (meta-architecture "FlowNetS")."""
+    cfg.MODEL.FLOWNETS = CN()
+    # Multi-scale EPE weights of the flows at 1/8, 1/16, ..., 1/128 of the frame (FlowNet's).
+    cfg.MODEL.FLOWNETS.LOSS_WEIGHTS = [0.005, 0.01, 0.02, 0.08, 0.32]
+    # The loss compares flows in units of DIV_FLOW motion-input pixels, as FlowNet's training.
+    cfg.MODEL.FLOWNETS.DIV_FLOW = 20.0
 
 
 def add_tv3s_config(cfg):
@@ -256,4 +269,5 @@ def add_vss_config(cfg):
     add_checkpoint_config(cfg)
     add_video_model_config(cfg)
     add_mpvss_config(cfg)
+    add_flownets_config(cfg)
     add_tv3s_config(cfg)

@@ -62,11 +62,8 @@ def usable_targets(records, sampler, max_gap):
 
 
 def build_video_train_loader(cfg, mapper=None):
-    """An endless, resumable training loader over the usable target frames of cfg.DATASETS.TRAIN.
-
-    Its sample order and augmentations follow cfg.SEED (a random seed shared by all processes
-    when SEED < 0); checkpoints store the seed and the position (see ResumableTrainLoader).
-    """
+    """An endless, resumable training loader over the usable target frames of cfg.DATASETS.TRAIN
+    (see `resumable_train_loader`)."""
     sampler = _check_sampler(cfg)
     if not cfg.DATASETS.TRAIN:
         raise ValueError("cfg.DATASETS.TRAIN names no dataset")
@@ -89,12 +86,20 @@ def build_video_train_loader(cfg, mapper=None):
                 ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none")
     if mapper is None:
         mapper = build_mapper(cfg, is_train=True, videos=videos)
+    return resumable_train_loader(cfg, targets, mapper)
+
+
+def resumable_train_loader(cfg, records, mapper):
+    """This process's endless, resumable loader of mapped `records`, in batches of its share of
+    SOLVER.IMS_PER_BATCH; sample order and augmentations follow cfg.SEED (a random seed shared
+    by all processes when SEED < 0), and checkpoints store the seed and the position.
+    """
     world_size = comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
                          f"{world_size} training processes")
     return ResumableTrainLoader(
-        targets, mapper, cfg.SOLVER.IMS_PER_BATCH // world_size,
+        records, mapper, cfg.SOLVER.IMS_PER_BATCH // world_size,
         seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,

@@ -1,3 +1,4 @@
+from .flow_evaluator import FlowEvaluator
 from .vss_evaluator import VSSEvaluator
 
-__all__ = ["VSSEvaluator"]
+__all__ = ["FlowEvaluator", "VSSEvaluator"]

@@ -5,3 +5,4 @@ from .video_state import VideoStates
 
 from . import mpvss  # noqa: F401,E402  (temporal heads register into TEMPORAL_HEAD_REGISTRY)
 from . import tv3s  # noqa: F401,E402
+from .flownets import FlowNetS  # noqa: E402  (the flow-pretraining meta-architecture)

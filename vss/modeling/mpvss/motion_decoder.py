@@ -173,16 +173,23 @@ class MotionDecoder(nn.Module):
         refined = [s.permute(1, 2, 0).unflatten(2, size) for s, size in zip(src, sizes)]
         return queries, refined[::-1]
 
-    def pixel_flow(self, feats):
-        """Coarse-to-fine pixel flow from [conv2, conv3, x4, x5, x6] -> (B, 2, h2, w2) at conv2's size."""
+    def pixel_flow(self, feats, all_levels=False):
+        """Coarse-to-fine pixel flow from [conv2, conv3, x4, x5, x6] -> (B, 2, h2, w2) at conv2's size.
+
+        all_levels: return [flow at conv2's size, then the intermediate predict_flow3..6
+        outputs at conv3..conv6's sizes] instead, for FlowNetS's multi-scale training loss.
+        """
         x = feats[4]
+        coarse = []
         for level in (5, 4, 3, 2):
             skip = feats[level - 2]
             flow = getattr(self, f"predict_flow{level + 1}")(x)
+            coarse.append(flow)
             up = crop_like(getattr(self, f"deconv{level}")(x), skip)
             flow = crop_like(getattr(self, f"upsample_flow{level}")(flow), skip)
             x = torch.cat([skip, up, flow], 1)
-        return self.predict_flow(x) * self.flow_scale
+        flow = self.predict_flow(x) * self.flow_scale
+        return [flow, *coarse[::-1]] if all_levels else flow
 
     def query_flow(self, queries, motion):
         """Per-query flow from final queries (Q, B, C) and conv2 features (B, C2, h, w) -> (B, Q, 2, h, w).

@@ -1,0 +1,92 @@
+"""tools/synthetic_benchmark.py: the whole protocol with --quick on a tiny set, and its options."""
+import importlib.util
+import json
+import math
+
+import pytest
+from matplotlib.image import imread
+
+from vss.engine import train_once
+
+from conftest import REPO
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("synthetic_benchmark", REPO / "tools" / "synthetic_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def numbers(tree, path=""):
+    """(path, value) of every leaf of a JSON tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from numbers(v, f"{path}/{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from numbers(v, f"{path}/{i}")
+    else:
+        yield path, tree
+
+
+def test_options_and_defaults(tmp_path):
+    bench = load_benchmark()
+    args = bench.parse_args(["--output", str(tmp_path)])
+    assert args.iters == bench.BUDGETS and args.set == bench.DATA
+    assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark.json")
+    args = bench.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
+    assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}
+    assert args.set == {**bench.QUICK_DATA, "frames": 17}
+    assert args.json == str(tmp_path / "synthetic_benchmark.json")  # a smoke test keeps the reported numbers
+    # FlowNet's steps at 1/3, 1/2, 2/3 of the schedule, strictly inside it
+    assert bench.flow_schedule(600) == ["SOLVER.MAX_ITER", 600, "SOLVER.STEPS", (200, 300, 400)]
+    assert bench.flow_schedule(6) == ["SOLVER.MAX_ITER", 6, "SOLVER.STEPS", (2, 3, 4)]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_number(tmp_path, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "run"
+    argv = ["--quick", "--output", str(out), "--train-videos", "1", "--val-videos", "1", "--frames", "17",
+            "--height", "48", "--width", "64"]
+    bench.main(argv)
+    log = capsys.readouterr().out
+    assert "[benchmark" in log and "tv3s eval: done" in log
+    res = json.loads((out / "synthetic_benchmark.json").read_text())
+    assert res["dataset"] == {"train_videos": 1, "val_videos": 1, "frames": 17, "height": 48, "width": 64}
+    assert list(res["mpvss"]) == list(bench.VARIANTS)
+    for name, result in res["mpvss"].items():
+        assert sorted(result["K"], key=int) == ["2", "5", "10"]
+        for k, r in result["K"].items():
+            assert set(r) >= {"mIoU", "WIoU", "mVC8", "mVC16", "GFLOPs"}
+        assert set(result["flow_epe"]["gaps"]) == {str(g) for g in range(1, 11)}
+        # the key frame costs the same in every variant; propagation costs less, more so at larger K
+        gflops = [result["K"][k]["GFLOPs"] for k in ("2", "5", "10")]
+        assert gflops[0] > gflops[1] > gflops[2] > 0
+        assert gflops[0] < res["mask2former"]["GFLOPs"]
+    assert set(res["tv3s"]) == {"stream", "clip"}
+    assert set(res["flownets"]) == {"evaluator", "diagnostics"}
+    # Copy's flow is zero: its EPE is the mean ground-truth motion, what FlowEvaluator calls EPE_zero
+    assert res["mpvss"]["Copy"]["flow_epe"]["EPE"] > 0
+    leaves = list(numbers(res))
+    for path, value in leaves:
+        if value is None:  # a mean over no pixel, e.g. no static pixel at some gap
+            assert "EPE_static" in path or "EPE_objects" in path or "EPE_moving" in path, path
+        elif isinstance(value, float):
+            assert math.isfinite(value), path
+    for path, value in leaves:
+        if path.rsplit("/", 1)[-1] in ("mIoU", "WIoU", "mVC8", "GFLOPs", "EPE"):
+            assert isinstance(value, (int, float)), path
+    table = (out / "synthetic_benchmark.md").read_text()
+    assert "| Query-based flow" in table and "| TV3S (stream)" in table
+    assert imread(out / "synthetic_benchmark.png").shape[-1] in (3, 4)
+
+
+def test_a_trained_stage_is_not_retrained(tmp_path):
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(b"")
+    lines = []
+    # the config would fail to train (no such dataset): reuse must not even build it
+    assert train_once("X", "no/such/config.yaml", str(tmp_path), log=lines.append) == str(final)
+    assert lines == [f"X: using the trained {final}"]

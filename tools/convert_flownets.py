@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Convert the PyTorch FlowNetS checkpoint (FlowNetPytorch, FlyingChairs) to MPVSS's flow module.
+
+The MPVSS paper starts its motion encoder from FlowNetS weights pretrained on FlyingChairs;
+the release's input normalisation is that of the FlowNetPytorch port, whose
+`flownets_EPE1.951.pth.tar` (a torch.save dict with "arch" "flownets", "state_dict" and
+"div_flow" 20) is the likely source. The output is a detectron2 checkpoint
+`{"model": ...}` for MODEL.MOTION.WEIGHTS (of an MPVSS model, or of the FlowNetS
+meta-architecture to evaluate it on flow pairs), with these keys:
+
+| FlowNetPytorch                    | ours (prefix temporal.flow.)            |
+|-----------------------------------|-----------------------------------------|
+| conv{k}.0.weight/bias             | encoder.conv{k}.0.conv.weight/bias      |
+| conv{k}_1.0.weight/bias           | encoder.conv{k}.1.conv.weight/bias      |
+| deconv{k}.0.weight (k = 5..2)     | decoder.deconv{k}.conv.weight           |
+| predict_flow{k}.weight (k = 6..3) | decoder.predict_flow{k}.conv.weight     |
+| predict_flow2.weight              | decoder.predict_flow.conv.weight        |
+| upsampled_flow{k}_to_{k-1}.weight | decoder.upsample_flow{k-1}.conv.weight  |
+
+The decoder keys fit the "pixel" variant ("Optical flow") exactly; the query variants take
+the ones whose shapes agree when loaded (vss/modeling/mpvss/motion_weights.py).
+
+Units. FlowNetS predicts flow / div_flow in pixels of its input at every level. Ours
+predicts, at every level, pixels of the finest flow grid (4 input pixels: conv1 and conv2
+each halve), the unit MPVSS warps with: a FlowNetS output f is f * div_flow / 4 of ours
+(5 f for div_flow 20). Since predict and upsample convolutions have no bias, the change
+is exact: every predict_flow is multiplied by that factor, and the two flow input
+channels of the next level's deconv and predict_flow are divided by it.
+
+Normalisation. The port subtracts [0.45, 0.432, 0.411] from RGB in [0, 1]; the MPVSS
+release subtracts [0.411, 0.432, 0.450] (the same numbers in BGR order) from RGB frames,
+and that is what the paper's encoder saw. MODEL.MOTION.FLOW_IMG_NORM_MEAN keeps the
+release's; set it to [0.45, 0.432, 0.411] to feed FlowNetS exactly as it was trained.
+The batch-normalised `flownets_bn` is not supported (MPVSS's encoder has no norm).
+
+    python tools/convert_flownets.py flownets_EPE1.951.pth.tar output/flownets_flyingchairs.pth
+"""
+import argparse
+import os
+import re
+from collections import OrderedDict
+
+import torch
+
+PREFIX = "temporal.flow."
+# input pixels per pixel of the finest flow grid (flow2 / conv2's output)
+GRID_CELL = 4
+
+_RULES = (
+    (re.compile(r"conv([1-6])\.0\.(weight|bias)"), r"encoder.conv\1.0.conv.\2"),
+    (re.compile(r"conv([3-6])_1\.0\.(weight|bias)"), r"encoder.conv\1.1.conv.\2"),
+    (re.compile(r"deconv([2-5])\.0\.weight"), r"decoder.deconv\1.conv.weight"),
+    (re.compile(r"predict_flow([3-6])\.weight"), r"decoder.predict_flow\1.conv.weight"),
+    (re.compile(r"predict_flow2\.weight"), r"decoder.predict_flow.conv.weight"),
+    (re.compile(r"upsampled_flow([3-6])_to_[2-5]\.weight"), None),
+)
+
+
+def rename(key):
+    """Our name of a FlowNetPytorch key (an error for any other key)."""
+    for pattern, target in _RULES:
+        match = pattern.fullmatch(key)
+        if match and target is None:  # upsampled_flow{k}_to_{k-1} -> upsample_flow{k-1}
+            return f"decoder.upsample_flow{int(match.group(1)) - 1}.conv.weight"
+        if match:
+            return match.expand(target)
+    raise ValueError(f"unexpected FlowNetS key {key!r}: expected conv*, deconv*, predict_flow*, upsampled_flow* "
+                     "of FlowNetPytorch's 'flownets' (batchNorm=False)")
+
+
+def convert(state_dict, div_flow=20.0):
+    """FlowNetPytorch `flownets` state dict -> OrderedDict of our flow-module keys (with PREFIX)."""
+    if any(k.endswith(("running_mean", "running_var")) for k in state_dict):
+        raise ValueError("this is a batch-normalised FlowNetS (flownets_bn); MPVSS's motion encoder has no "
+                         "norm layers: convert the plain 'flownets' checkpoint")
+    unit = div_flow / GRID_CELL
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        name = rename(key)
+        value = value.detach().clone().float()
+        if name.startswith("decoder.predict_flow"):
+            value *= unit
+        out[name] = value
+    # the flow that feeds the next level is `unit` times larger now: its input weights shrink
+    for level in (4, 3, 2):
+        out[f"decoder.deconv{level}.conv.weight"][-2:] /= unit  # ConvTranspose2d: (in, out, k, k)
+    for name in ("predict_flow5", "predict_flow4", "predict_flow3", "predict_flow"):
+        out[f"decoder.{name}.conv.weight"][:, -2:] /= unit  # Conv2d: (out, in, k, k)
+    return OrderedDict((PREFIX + k, v) for k, v in out.items())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="FlowNetPytorch checkpoint (flownets_EPE1.951.pth.tar)")
+    parser.add_argument("output", help="detectron2 checkpoint to write (.pth)")
+    args = parser.parse_args(argv)
+    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{args.input} is not a FlowNetPytorch checkpoint (a dict with 'state_dict')")
+    arch = checkpoint.get("arch", "flownets")
+    if arch != "flownets":
+        raise ValueError(f"{args.input} holds arch {arch!r}; only 'flownets' (FlowNetS without batch norm) converts")
+    div_flow = float(checkpoint.get("div_flow", 20.0))
+    model = convert(checkpoint["state_dict"], div_flow)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": model}, args.output)
+    print(f"wrote {len(model)} tensors ({sum(v.numel() for v in model.values()):,} parameters) under {PREFIX} "
+          f"to {args.output}; flow units x{div_flow / GRID_CELL:g} (div_flow {div_flow:g} / {GRID_CELL})")
+
+
+if __name__ == "__main__":
+    main()

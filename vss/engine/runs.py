@@ -1,0 +1,68 @@
+"""Training and evaluation driven from Python: the quickstart and the synthetic benchmark.
+
+Each step logs one line through `log` (print by default) so that long runs show progress.
+"""
+import os
+import time
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
+
+from ..utils.flops import video_flops
+from .setup import setup_cfg
+from .trainer import Trainer
+
+__all__ = ["METRICS", "train_once", "load_model", "evaluate", "video_gflops"]
+
+METRICS = ("mIoU", "WIoU", "mVC8", "mVC16")
+
+
+def train_once(name, config_file, output_dir, opts=(), log=print):
+    """Train `config_file` into `output_dir` unless its model_final.pth exists; returns that checkpoint."""
+    final = os.path.join(output_dir, "model_final.pth")
+    if os.path.isfile(final):
+        log(f"{name}: using the trained {final}")
+        return final
+    # No evaluation inside training: the caller's evaluations are the ones reported.
+    cfg = setup_cfg(config_file, list(opts) + ["OUTPUT_DIR", output_dir, "DATASETS.TEST", "()"])
+    log(f"{name}: training {cfg.SOLVER.MAX_ITER} iterations ({config_file})")
+    os.makedirs(output_dir, exist_ok=True)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return final
+
+
+def load_model(config_file, weights, opts=()):
+    """(cfg, model in eval mode) of `config_file` with the checkpoint `weights` ("" keeps the init)."""
+    cfg = setup_cfg(config_file, list(opts) + ["MODEL.WEIGHTS", weights])
+    model = Trainer.build_model(cfg)
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    model.eval()
+    return cfg, model
+
+
+def evaluate(name, config_file, weights, opts=(), log=print):
+    """{metric: value for METRICS, "frames/s": ...} of `weights` on the config's first test set.
+
+    frames/s is that of the evaluation pass: data loading and metrics included.
+    """
+    cfg, model = load_model(config_file, weights, opts)
+    dataset = cfg.DATASETS.TEST[0]
+    log(f"{name}: evaluating on {dataset}")
+    frames = len(Trainer.build_test_loader(cfg, dataset).dataset)
+    start = time.perf_counter()
+    metrics = Trainer.test(cfg, model)["sem_seg"]  # one test dataset: its results directly
+    return {**{m: metrics[m] for m in METRICS}, "frames/s": frames / (time.perf_counter() - start)}
+
+
+def video_gflops(config_file, weights="", opts=(), frames=2):
+    """GFLOPs of each of the first `frames` frames of a video at the test set's frame size.
+
+    For MPVSS with MODEL.MPVSS.KEY_INTERVAL 2: [key frame, propagated frame]. The weights do
+    not change the count; they only make the model build as trained.
+    """
+    cfg, model = load_model(config_file, weights, opts)
+    first = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]
+    return [c[""] / 1e9 for c in video_flops(model, first["height"], first["width"], frames=frames)]

@@ -1,0 +1,214 @@
+"""Flow diagnostics: does each MPVSS variant move the key frame's masks where the objects move?
+
+Measured against the synthetic videos' exact ground truth (`vss.data.synthetic.ground_truth_flow`),
+independently of segmentation quality:
+
+- per-query flow EPE: every pixel of the frame belongs to the key-frame query that wins it
+  (the largest P(class) x P(pixel in mask), the class being the query's best non-void one:
+  the query whose mask paints that pixel in the semantic map); the error at a pixel is
+  || flow of its query - ground truth ||. Winning, rather than `sigmoid > 0.5`, gives each
+  pixel exactly one query, so averaging over pixels is the average over queries weighted by
+  their pixels, and a one-map flow (Optical flow, a FlowNetS) reduces to plain pixel EPE;
+- Copy is the zero flow (its EPE is the mean ground-truth motion); Optical flow and
+  Query-for-PF use one pixel flow for every query; the query variants each query's own flow;
+- valid ground-truth pixels only (the point is visible in both frames), split into moving
+  and static pixels (ground-truth motion above / at most MOVING_PIXELS) and, apart, the
+  pixels of the moving object classes (car, person, ball, bird: the frame's label): the
+  camera pans, so most background pixels move too, but only the objects move against it,
+  and they are a small share of the frame;
+- per gap (frames between the key frame and the current frame) and over all gaps.
+
+Units: a FlowEstimator predicts in pixels of its grid (1/8 of the padded model input by
+default: a grid unit is 8 input pixels); `flow_in_frame_pixels` brings it to the pixels of
+the original frame (the model input may be resized from it).
+"""
+import math
+from collections import defaultdict
+
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from torch.nn import functional as F
+
+from ..data.datasets.synthetic import SYNTHETIC_OBJECTS
+from ..data.io import read_label
+from ..data.mappers import FrameMapper
+from ..data.synthetic import ground_truth_flow
+from ..data.video import group_by_video
+from ..modeling.mask2former.semantic import upsample_masks
+from ..modeling.mpvss.warp import upsample_flow
+
+__all__ = ["MOVING_PIXELS", "FlowEPE", "flow_in_frame_pixels", "winning_queries", "flow_diagnostics"]
+
+# ground-truth motion above this many frame pixels counts as moving
+MOVING_PIXELS = 0.5
+REGIONS = ("all", "moving", "static", "objects")
+
+
+def flow_in_frame_pixels(flow, padded_size, image_size, frame_size):
+    """Flow on a grid over the padded input -> flow in pixels of the original frame.
+
+    Args:
+        flow: (N, 2, hf, wf) in pixels of its grid, the grid covering the padded input.
+        padded_size: (Hp, Wp) of the padded model input.
+        image_size: (h, w) of the input inside the padding.
+        frame_size: (H, W) of the original frame (the input is the frame resized to h x w).
+    Returns:
+        (N, 2, H, W) in pixels of the original frame.
+    """
+    h, w = image_size
+    flow = upsample_flow(flow, tuple(padded_size))[..., :h, :w]
+    return upsample_flow(flow, tuple(frame_size))
+
+
+def winning_queries(class_logits, mask_logits):
+    """(H, W) index of the query that paints each pixel in the semantic map.
+
+    class_logits: (Q, K + 1) with "no object" last; mask_logits: (Q, H, W).
+    """
+    confidence = F.softmax(class_logits, dim=-1)[:, :-1].max(dim=-1).values
+    return (confidence[:, None, None] * mask_logits.sigmoid()).argmax(dim=0)
+
+
+class FlowEPE:
+    """Pixel-weighted end-point errors, summed over frames; `summary()` gives the means."""
+
+    def __init__(self, moving_pixels=MOVING_PIXELS):
+        self.moving_pixels = moving_pixels
+        # gap -> region -> [pixels, sum of EPE]
+        self._sums = defaultdict(lambda: {r: [0, 0.0] for r in REGIONS})
+
+    def add(self, flow, gt_flow, valid, gap, owner=None, objects=None):
+        """One frame.
+
+        Args:
+            flow: (Q, 2, H, W) one map per query, or (2, H, W) one map for every pixel; frame pixels.
+            gt_flow: (H, W, 2) ground truth, channel 0 = dx (ground_truth_flow's layout).
+            valid: (H, W) bool; gap: frames between key frame and frame.
+            owner: (H, W) query index of each pixel (winning_queries); needed when flow has Q maps.
+            objects: (H, W) bool, the pixels of moving objects (None: that region stays empty).
+        """
+        gt = torch.as_tensor(gt_flow, dtype=torch.float64).permute(2, 0, 1)
+        valid = torch.as_tensor(valid, dtype=torch.bool)
+        flow = flow.detach().to("cpu", torch.float64)
+        if flow.dim() == 4:
+            if owner is None or owner.shape != gt.shape[1:]:
+                raise ValueError(f"FlowEPE: {flow.shape[0]} query flows need an (H, W) = {tuple(gt.shape[1:])} "
+                                 f"owner map, got {None if owner is None else tuple(owner.shape)}")
+            index = owner.to("cpu", torch.long)[None, None].expand(1, 2, -1, -1)
+            flow = flow.gather(0, index)[0]
+        if flow.shape != gt.shape or valid.shape != gt.shape[1:]:
+            raise ValueError(f"FlowEPE: flow {tuple(flow.shape)}, ground truth (2, H, W) {tuple(gt.shape)} and "
+                             f"validity {tuple(valid.shape)} disagree")
+        epe = torch.linalg.vector_norm(flow - gt, dim=0)
+        moving = torch.linalg.vector_norm(gt, dim=0) > self.moving_pixels
+        objects = torch.zeros_like(valid) if objects is None else torch.as_tensor(objects, dtype=torch.bool)
+        if objects.shape != valid.shape:
+            raise ValueError(f"FlowEPE: objects mask {tuple(objects.shape)} and validity {tuple(valid.shape)} disagree")
+        sums = self._sums[int(gap)]
+        for region, mask in zip(REGIONS, (valid, valid & moving, valid & ~moving, valid & objects)):
+            sums[region][0] += int(mask.sum())
+            sums[region][1] += float(epe[mask].sum())
+
+    def summary(self):
+        """{"EPE", "EPE_moving", "EPE_static", "EPE_objects", "pixels_moving", "pixels_objects",
+        "gaps": {gap: same keys}}; NaN where no pixel."""
+
+        def means(parts):
+            out = {}
+            for region in REGIONS:
+                pixels = sum(p[region][0] for p in parts)
+                total = sum(p[region][1] for p in parts)
+                out["EPE" if region == "all" else f"EPE_{region}"] = total / pixels if pixels else math.nan
+            out["pixels_moving"] = sum(p["moving"][0] for p in parts)
+            out["pixels_objects"] = sum(p["objects"][0] for p in parts)
+            return out
+
+        return {**means(list(self._sums.values())),
+                "gaps": {gap: means([self._sums[gap]]) for gap in sorted(self._sums)}}
+
+
+def _key_frame_outputs(model, image):
+    """(queries (Q, C), class logits (Q, K+1), mask logits (Q, h, w), padded size) of one key frame."""
+    padded = model.preprocess_image([image])
+    outputs = model.sem_seg_head(model.backbone(padded.tensor))
+    return outputs["queries"][0], outputs["pred_logits"][0], outputs["pred_masks"][0], padded.tensor.shape[-2:]
+
+
+def _flow_module(model):
+    """The FlowEstimator of an MPVSS model (None for Copy) or of a FlowNetS model, and whether it needs masks."""
+    temporal = getattr(model, "temporal", None)
+    if temporal is not None and hasattr(temporal, "propagate"):
+        return temporal.flow, True
+    if hasattr(model, "flow"):
+        return model.flow, False
+    raise ValueError(f"flow_diagnostics: {type(model).__name__} is neither an MPVSS model (VideoSegmentor with "
+                     "the MaskPropagation head) nor a FlowNetS model")
+
+
+def _owners(class_logits, mask_logits, padded_size, image_size, frame_size):
+    """winning_queries at the frame's size, the masks resized as the semantic path resizes them."""
+    h, w = image_size
+    masks = upsample_masks(mask_logits[None], padded_size)[..., :h, :w]
+    masks = F.interpolate(masks, size=frame_size, mode="bilinear", align_corners=False)
+    return winning_queries(class_logits, masks[0])
+
+
+def _pair_flow(model, flow_module, image, key_image, queries, frame_size):
+    """(Q, 2, H, W) per-query or (2, H, W) one-map flow from image to key_image, in frame pixels."""
+    if flow_module is None:  # Copy: the key frame's masks stay where they are
+        return torch.zeros(2, *frame_size)
+    size = tuple(image.shape[-2:])
+    # padded as the model pads (MPVSS: its backbone's divisibility, FlowNetS: the flow's)
+    div = getattr(model, "size_divisibility", flow_module.size_divisibility)
+    pair = [F.pad(x, (0, -size[1] % div, 0, -size[0] % div))[None] for x in (image, key_image)]
+    flow = flow_module(*pair, queries[None] if flow_module.reads_key_queries else None, [size])[0]
+    single = flow.stride(0) == 0 or flow.shape[0] == 1  # one map expanded over the queries
+    flow = flow_in_frame_pixels(flow[:1] if single else flow, pair[0].shape[-2:], size, frame_size)
+    return flow[0] if single else flow
+
+
+@torch.no_grad()
+def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_PIXELS,
+                     object_classes=SYNTHETIC_OBJECTS):
+    """FlowEPE summary of `model` on the synthetic videos of `dataset_name`.
+
+    Key frames are every `max_gap`-th frame of each video (0, max_gap, ...), and each is paired
+    with the next `max_gap` frames (gaps 1..max_gap), so every frame but the first is seen once.
+    The frames go through the test mapper of `cfg` (resized as in evaluation); the classes
+    named in `object_classes` make the "objects" region.
+    """
+    flow_module, uses_masks = _flow_module(model)
+    meta = MetadataCatalog.get(dataset_name)
+    root = meta.get("dataset_root", None)
+    if root is None:
+        raise ValueError(f"flow_diagnostics: dataset {dataset_name!r} has no dataset_root in its metadata; "
+                         "it needs a synthetic set (ground-truth motion)")
+    classes = meta.stuff_classes
+    object_ids = torch.tensor([classes.index(c) for c in object_classes if c in classes]).view(-1, 1, 1)
+    mapper = FrameMapper(cfg, is_train=False)
+    was_training = model.training
+    model.eval()
+    result = FlowEPE(moving_pixels)
+    try:
+        for video, records in group_by_video(DatasetCatalog.get(dataset_name)).items():
+            for key in range(0, len(records), max_gap):
+                key_image = mapper(records[key])["image"].to(model.device).float()
+                queries = owner = None
+                if uses_masks:
+                    queries, class_logits, mask_logits, padded = _key_frame_outputs(model, key_image)
+                for t in range(key + 1, min(key + max_gap + 1, len(records))):
+                    record = records[t]
+                    gt, valid = ground_truth_flow(root, video, record["frame_idx"], records[key]["frame_idx"])
+                    image = mapper(record)["image"].to(model.device).float()
+                    if image.shape != key_image.shape:
+                        raise ValueError(f"flow_diagnostics: {record['file_name']} is {tuple(image.shape)} but its "
+                                         f"key frame {records[key]['file_name']} is {tuple(key_image.shape)}")
+                    if uses_masks and owner is None:
+                        owner = _owners(class_logits, mask_logits, padded, image.shape[-2:], gt.shape[:2])
+                    flow = _pair_flow(model, flow_module, image, key_image, queries, gt.shape[:2])
+                    label = read_label(record["sem_seg_file_name"], len(classes), meta.label_offset)
+                    objects = (torch.from_numpy(label)[None] == object_ids).any(0)
+                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects)
+    finally:
+        model.train(was_training)
+    return result.summary()
