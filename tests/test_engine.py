@@ -158,6 +158,9 @@ def test_evaluation_weights(in_repo):
                        "MODEL.WEIGHTS output/synthetic/tv3s_tiny/model_final.pth")
     message = _weights_error("configs/vspw/tv3s/MiT-B1.yaml", ["MODEL.WEIGHTS", "output/pretrained/mit_b1.pkl"])
     assert "TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder`" in message
+    # the FlowNetS evaluation reads MODEL.MOTION.WEIGHTS instead
+    config = str(REPO / SYNTHETIC / "flownets_pretrain.yaml")
+    check_weights(setup_cfg(config, ["MODEL.MOTION.WEIGHTS", "flow.pth"]), config, training=False)
     # TV3S from scratch (the synthetic config) trains; an existing file always passes
     config = str(REPO / SYNTHETIC / "tv3s_tiny.yaml")
     check_weights(setup_cfg(config), config, training=True)

@@ -60,8 +60,9 @@ def check_weights(cfg, config_file, training):
     """Raise when MODEL.WEIGHTS cannot give the model it should, saying what to run first.
 
     An existing file always passes. A missing file is an error; so is an empty MODEL.WEIGHTS
-    for evaluation (`training` False: trained weights are needed) and for training MPVSS with
-    a frozen segmentor (MODEL.VIDEO.TRAINABLE set: a random frozen Mask2Former would stay random).
+    for evaluation (`training` False: trained weights are needed, unless MODEL.MOTION.WEIGHTS
+    gives them) and for training MPVSS with a frozen segmentor (MODEL.VIDEO.TRAINABLE set: a
+    random frozen Mask2Former would stay random).
     """
     weights = cfg.MODEL.WEIGHTS
     if weights and os.path.isfile(weights):
@@ -69,7 +70,8 @@ def check_weights(cfg, config_file, training):
     chain = _config_chain(config_file)
     model = _model(cfg)
     if not weights:
-        if not training:
+        # FlowNetS pretraining evaluates the motion weights alone (MODEL.MOTION.WEIGHTS)
+        if not training and not cfg.MODEL.MOTION.WEIGHTS:
             raise ValueError(f"MODEL.WEIGHTS is empty, so the model would have random weights: train it first "
                              f"with `{TRAIN} {config_file}`, then pass MODEL.WEIGHTS "
                              f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}")
