@@ -10,7 +10,9 @@ import pytest
 from conftest import REPO
 
 ENTRY_POINTS = ["train_net.py", "demo/demo.py", "tools/quickstart.py", "tools/convert_tv3s.py",
-                "tools/benchmark_scan.py", "datasets/prepare_synthetic.py"]
+                "tools/convert_flownets.py", "tools/benchmark_scan.py", "tools/benchmark.py",
+                "tools/benchmark_streaming.py", "tools/analyze_model.py", "tools/synthetic_benchmark.py",
+                "tools/gpu_check.py", "tools/plot_keyframe_tradeoff.py", "datasets/prepare_synthetic.py"]
 JIT_WARNING = "`torch.jit.script` is deprecated"
 
 

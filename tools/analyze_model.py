@@ -27,6 +27,11 @@ import argparse
 import json
 import os
 from collections import Counter
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 from detectron2.modeling import build_model
 from tabulate import tabulate

@@ -29,6 +29,11 @@ import json
 import os
 import statistics
 import time
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer

@@ -34,6 +34,11 @@ import json
 import os
 import re
 import sys
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -30,6 +30,11 @@ import os
 import platform
 import time
 from datetime import datetime, timezone
+import warnings
+
+# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
+# with a FutureWarning on every command; nothing here scripts anything.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import torch
 from detectron2.data import DatasetCatalog
