@@ -34,12 +34,11 @@ import warnings
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from tabulate import tabulate
 from tqdm import tqdm
 
-from vss.engine import setup_cfg
+from vss.engine import VSSCheckpointer, setup_cfg
 from vss.utils.flops import DEFAULT_HEIGHT, DEFAULT_WIDTH, video_frames
 
 QUICK = {"frames": 5, "warmup": 1, "repeats": 1}
@@ -50,7 +49,7 @@ def build(config_file, opts, device):
     cfg = setup_cfg(config_file, [*opts, "MODEL.DEVICE", device])
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        VSSCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model
 
 

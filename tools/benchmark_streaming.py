@@ -36,12 +36,11 @@ import warnings
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from tabulate import tabulate
 from tqdm import tqdm
 
-from vss.engine import setup_cfg
+from vss.engine import VSSCheckpointer, setup_cfg
 from vss.utils.flops import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 QUICK = {"frames": 200, "window": 50, "warmup": 5, "repeats": 3}
@@ -227,7 +226,7 @@ def main(argv=None):
     cfg = setup_cfg(args.config_file, [*args.opts, "MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        VSSCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     if not hasattr(model, "temporal"):
         parser.error(f"{args.config_file}: {type(model).__name__} is not a video model (VideoSegmentor)")
     if args.clip and not hasattr(model.temporal, "infer_clip"):

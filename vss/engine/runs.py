@@ -5,10 +5,10 @@ Each step logs one line through `log` (print by default) so that long runs show 
 import os
 import time
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 
 from ..utils.flops import video_flops
+from .checkpoint import VSSCheckpointer
 from .setup import setup_cfg
 from .trainer import Trainer
 
@@ -38,7 +38,7 @@ def load_model(config_file, weights, opts=()):
     cfg = setup_cfg(config_file, list(opts) + ["MODEL.WEIGHTS", weights])
     model = Trainer.build_model(cfg)
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        VSSCheckpointer(model).load(weights)
     model.eval()
     return cfg, model
 
