@@ -51,3 +51,13 @@ def test_kernel_build_flags_name_only_the_wanted_architectures():
                                          "-gencode", "arch=compute_90,code=sm_90"]
     assert nvcc_flags(["-O3"], ["80", "89"]) == ["-O3", "-gencode", "arch=compute_80,code=sm_80",
                                                  "-gencode", "arch=compute_89,code=sm_89"]
+
+
+def test_conv_comparison_runs_with_and_without_state():
+    # the plumbing of the causal-conv1d check, on the CPU (the kernel side needs CUDA)
+    import gpu_check
+
+    result = gpu_check.compare_paths(gpu_check._conv_fast, gpu_check._conv_torch, gpu_check._conv_inputs, "cpu", 1e-6)
+    assert result["ok"]
+    assert set(result["with_state"]) == {"y", "final_state", "grad_x", "grad_weight", "grad_bias", "grad_initial_state"}
+    assert set(result["zero_state"]) == {"y", "final_state", "grad_x", "grad_weight", "grad_bias"}

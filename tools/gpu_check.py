@@ -21,6 +21,7 @@ each by default). The exit status is 0 when every check that ran passed.
     python tools/gpu_check.py [--report output/gpu_report.json] [--steps N]
 """
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -138,8 +139,9 @@ def _scan_inputs(device, with_state, seed=0):
     return {k: v.to(device).requires_grad_() for k, v in t.items()}
 
 
-def _scan_outputs(fn, inputs):
-    y, final = fn(**inputs, delta_softplus=True, return_final_state=True)
+def _outputs(fn, inputs):
+    """Output, final state and input gradients of `fn(**inputs)`, which returns (y, final state)."""
+    y, final = fn(**inputs)
     # Gradients through y only: the CUDA kernel does not back-propagate through the final state.
     (y * torch.linspace(-1, 1, y.shape[-1], device=y.device)).sum().backward()
     grads = {k: v.grad.detach().clone() for k, v in inputs.items()}
@@ -154,8 +156,8 @@ def compare_paths(fast, reference, make_inputs, device, rtol):
     """Relative errors of `fast` against `reference` on the same inputs, with and without carried state."""
     result, ok = {}, True
     for with_state in (False, True):
-        fast_out = _scan_outputs(fast, make_inputs(device, with_state))
-        ref_out = _scan_outputs(reference, make_inputs(device, with_state))
+        fast_out = _outputs(fast, make_inputs(device, with_state))
+        ref_out = _outputs(reference, make_inputs(device, with_state))
         errors = {k: _rel_err(fast_out[k], ref_out[k]) for k in ref_out}
         result["with_state" if with_state else "zero_state"] = errors
         ok = ok and max(errors.values()) <= rtol
@@ -174,25 +176,15 @@ def _conv_inputs(device, with_state, seed=0):
 def _conv_torch(**kw):
     # the pure-PyTorch conv: the same call on CPU, where no kernel is ever used
     device = kw["x"].device
-    out, final = scan.causal_conv1d(**{k: v.cpu() for k, v in kw.items()}, return_final_state=True,
-                                    activation="silu")
+    out, final = _conv_fast(**{k: v.cpu() for k, v in kw.items()})
     return out.to(device), final.to(device)
 
 
-def _conv_fast(**kw):
-    return scan.causal_conv1d(**kw, return_final_state=True, activation="silu")
-
-
-def _scan_fast(**kw):
-    return scan.selective_scan(**kw)
-
-
-def _scan_torch(**kw):
-    return scan.selective_scan_torch(**kw)
-
-
-def _scan_ref(**kw):
-    return scan.selective_scan_ref(**kw)
+_conv_fast = functools.partial(scan.causal_conv1d, return_final_state=True, activation="silu")
+_SCAN_OPTIONS = {"delta_softplus": True, "return_final_state": True}
+_scan_fast = functools.partial(scan.selective_scan, **_SCAN_OPTIONS)
+_scan_torch = functools.partial(scan.selective_scan_torch, **_SCAN_OPTIONS)
+_scan_ref = functools.partial(scan.selective_scan_ref, **_SCAN_OPTIONS)
 
 
 def check_scan_kernel():

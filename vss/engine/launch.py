@@ -23,11 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(),
-           timeout=DEFAULT_TIMEOUT, device="cuda"):
+           timeout=DEFAULT_TIMEOUT, *, device):
     """detectron2's `launch` (same arguments, `num_gpus_per_machine` renamed) with a CPU path.
 
     Args:
-        device: the config's MODEL.DEVICE. "cuda..." with CUDA available: detectron2's launch
+        device: the config's MODEL.DEVICE (required: the path follows the configured device).
+            "cuda..." with CUDA available: detectron2's launch
             (NCCL, one GPU per process). Otherwise `num_processes_per_machine` CPU processes on
             gloo; each uses cpu_count / processes threads unless OMP_NUM_THREADS is set.
     """
