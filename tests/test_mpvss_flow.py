@@ -193,6 +193,31 @@ def test_fresh_module_outputs_unit_flow(flow_type):
     assert torch.equal(flow, torch.ones_like(flow))
 
 
+@pytest.mark.parametrize("flow_type", ["query", "query_learned", "query_random"])
+def test_pass_through_fusion_starts_as_its_first_input(flow_type):
+    """FUSION_INIT "pass_through": the fused flow starts equal to the pixel flow (the query
+    flow where there is none), for every query; the query flow still gets a gradient."""
+    model = small(flow_type, fusion_init="pass_through")
+    decoder = model.decoder
+    captured = {}
+    handle = decoder.fuse_layer.register_forward_hook(lambda m, i, o: captured.update(inputs=i[0]))
+    image, key = frames()
+    flow = model(image, key, queries(), [(64, 64)])
+    handle.remove()
+    inputs = captured["inputs"].unflatten(0, flow.shape[:2])  # (B, Q, 4 or 2, h, w)
+    assert torch.allclose(flow, inputs[:, :, :2], atol=1e-6)
+    assert flow.abs().max() > 1e-3  # a real flow, not the official constant
+    if decoder.use_pixel_flow:
+        assert torch.equal(inputs[:, 0, :2], inputs[:, 1, :2])  # one pixel flow for all queries
+    flow.sum().backward()
+    assert decoder.fuse_layer.conv.weight.grad[:, -2:].abs().sum() > 0
+
+
+def test_fusion_init_is_checked():
+    with pytest.raises(ValueError, match="FUSION_INIT"):
+        small("query", fusion_init="zeros")
+
+
 def test_prepare_inputs_normalises_pads_zeroes_and_halves():
     model = small()
     image, key = frames(2, 20, 30)

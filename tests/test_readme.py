@@ -32,7 +32,8 @@ NOT_HERE = [
 # Tiny settings appended to a script's arguments (later options and overrides win).
 SYNTHETIC = ["--train-videos", "1", "--val-videos", "1", "--frames", "10"]
 TRAIN = ["SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0"]
-QUICKSTART = {"mask2former": "mask2former_tiny.yaml", "mpvss": "mpvss_query_flow.yaml", "tv3s": "tv3s_tiny.yaml"}
+QUICKSTART = {"flownets": "flownets_pretrain.yaml", "mask2former": "mask2former_tiny.yaml",
+              "mpvss": "mpvss_query_flow.yaml", "segformer": "segformer_tiny.yaml", "tv3s": "tv3s_finetune.yaml"}
 
 
 def examples(path):

@@ -6,7 +6,7 @@ import math
 import pytest
 from matplotlib.image import imread
 
-from vss.engine import train_once
+from vss.engine import METRICS, evaluate, train_once
 
 from conftest import REPO
 
@@ -52,7 +52,7 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
             "--height", "48", "--width", "64"]
     bench.main(argv)
     log = capsys.readouterr().out
-    assert "[benchmark" in log and "tv3s eval: done" in log
+    assert "[benchmark" in log and "tv3s clip eval: done" in log
     res = json.loads((out / "synthetic_benchmark.json").read_text())
     assert res["dataset"] == {"train_videos": 1, "val_videos": 1, "frames": 17, "height": 48, "width": 64}
     assert list(res["mpvss"]) == list(bench.VARIANTS)
@@ -66,6 +66,18 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         assert gflops[0] > gflops[1] > gflops[2] > 0
         assert gflops[0] < res["mask2former"]["GFLOPs"]
     assert set(res["tv3s"]) == {"stream", "clip"}
+    # TV3S's set: the same videos at twice the frame size
+    assert res["tv3s_dataset"] == {"height": 96, "width": 128}
+    assert set(res["segformer"]) == {"full resolution", "scan resolution", "fine-tuned as TV3S"}
+    # learning curves of TV3S and of the per-frame control, evaluated at the same iterations
+    tv3s_curve, control_curve = res["tv3s"]["stream"]["curve"], res["segformer"]["fine-tuned as TV3S"]["curve"]
+    assert [p["iter"] for p in tv3s_curve] == [p["iter"] for p in control_curve] == [2, 4]
+    # the reported streaming result, the curve's last point, is that of the saved final weights
+    again = evaluate("TV3S", str(REPO / "configs" / "synthetic" / "tv3s_finetune.yaml"),
+                     str(out / "tv3s" / "model_final.pth"),
+                     ["DATASETS.TEST", f"('{bench.TV3S_VAL}',)", "INPUT.MIN_SIZE_TEST", 96, "DATALOADER.NUM_WORKERS", 0])
+    assert {m: again[m] for m in METRICS} == pytest.approx({m: res["tv3s"]["stream"][m] for m in METRICS})
+    assert "Query-based flow, pass-through fusion start" in res["mpvss"]
     assert set(res["flownets"]) == {"evaluator", "diagnostics"}
     # Copy's flow is zero: its EPE is the mean ground-truth motion, what FlowEvaluator calls EPE_zero
     assert res["mpvss"]["Copy"]["flow_epe"]["EPE"] > 0

@@ -276,12 +276,14 @@ def test_full_size_models(config, params, head_params):
 
 # ---- the head in VideoSegmentor -----------------------------------------------------------
 
-def tiny_model(inference="stream", clip_offsets=(-9, -6, -3, 0), drop_path=0.0, max_open=2):
+def tiny_model(inference="stream", clip_offsets=(-9, -6, -3, 0), drop_path=0.0, max_open=2,
+               temporal_loss_frames="last"):
     torch.manual_seed(0)
     backbone = MiT(embed_dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), drop_path_rate=0.0)
     head = SegFormerHead(backbone.output_shape(), num_classes=3, embed_dim=16, norm="BN")
     temporal = StateSpaceSharing(num_classes=3, embed_dim=16, window_size=4, shift=2, num_blocks=1, d_state=4,
-                                 drop_path=drop_path, inference=inference, clip_offsets=clip_offsets)
+                                 drop_path=drop_path, inference=inference, clip_offsets=clip_offsets,
+                                 temporal_loss_frames=temporal_loss_frames)
     model = VideoSegmentor(backbone=backbone, sem_seg_head=head, temporal=temporal, pixel_mean=[128.0] * 3,
                            pixel_std=[64.0] * 3, size_divisibility=32, max_open_videos=max_open)
     # BN with non-trivial running statistics, as after training
@@ -372,8 +374,9 @@ def clip_batch(n_clips=2, frames=3, size=(64, 96), seed=0):
     return batch
 
 
-def test_loss_weights_and_frames_by_value():
-    model = tiny_model().train()
+@pytest.mark.parametrize("temporal_loss_frames", ["last", "all"])
+def test_loss_weights_and_frames_by_value(temporal_loss_frames):
+    model = tiny_model(temporal_loss_frames=temporal_loss_frames).train()
     aux_bias, temporal_bias = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 3.0])
     with torch.no_grad():
         model.sem_seg_head.linear_pred.weight.zero_()
@@ -391,8 +394,42 @@ def test_loss_weights_and_frames_by_value():
 
     every_frame = [label for x in batch for label in x["sem_segs"]]
     last_frames = [x["sem_segs"][-1] for x in batch]
+    supervised = every_frame if temporal_loss_frames == "all" else last_frames
     assert losses["loss_sem_seg_aux"].item() == pytest.approx(0.5 * mean_ce(aux_bias, every_frame), rel=1e-5)
-    assert losses["loss_sem_seg"].item() == pytest.approx(1.0 * mean_ce(temporal_bias, last_frames), rel=1e-5)
+    assert losses["loss_sem_seg"].item() == pytest.approx(1.0 * mean_ce(temporal_bias, supervised), rel=1e-5)
+
+
+def test_all_frames_loss_supervises_each_frame_with_its_own_prediction():
+    """With TEMPORAL_LOSS_FRAMES "all", the loss is the CE of frame i's own temporal logits
+    against frame i's labels, over every frame of every clip (b-major order kept)."""
+    model = tiny_model(temporal_loss_frames="all").train()
+    model.temporal.dropout.p = 0.0
+    batch = clip_batch(n_clips=2, frames=3)
+    per_frame = {}
+
+    def capture(module, inputs, output):
+        per_frame["logits"] = output
+
+    handle = model.temporal.linear_pred2.register_forward_hook(capture)
+    losses = model(batch)
+    handle.remove()
+    logits = per_frame["logits"]  # (B * T, K, h, w), b-major
+    assert logits.shape[0] == 6
+    temporal = model.temporal
+    targets = [label for x in batch for label in x["sem_segs"]]
+    total, count = 0.0, 0
+    for i, target in enumerate(targets):
+        up = F.interpolate(F.interpolate(logits[i : i + 1], size=(16, 24), mode="bilinear", align_corners=False),
+                           size=target.shape, mode="bilinear", align_corners=False)
+        valid = target != 255
+        total += F.cross_entropy(up, target[None], ignore_index=255, reduction="sum").item()
+        count += valid.sum().item()
+    assert losses["loss_sem_seg"].item() == pytest.approx(temporal.temporal_weight * total / count, rel=1e-4)
+
+
+def test_temporal_loss_frames_is_checked():
+    with pytest.raises(ValueError, match="TEMPORAL_LOSS_FRAMES"):
+        StateSpaceSharing(num_classes=3, embed_dim=16, window_size=4, shift=2, temporal_loss_frames="first")
 
 
 def test_gradients_reach_every_parameter():
@@ -422,3 +459,33 @@ def test_training_needs_clips():
     model = tiny_model().train()
     with pytest.raises(ValueError, match="set INPUT.VIDEO.SAMPLER to 'clip'"):
         model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "file_name": "f.jpg"}])
+
+
+def test_per_frame_at_scan_resolution_is_tv3s_with_a_temporal_module_that_changes_nothing():
+    from vss.evaluation.scan_resolution import at_scan_resolution
+
+    model = tiny_model()
+    coarse = at_scan_resolution(model, window_size=4)
+    image = torch.rand(1, 3, 64, 96) * 255
+    features = model.backbone((image - 128.0) / 64.0)
+    fused = model.sem_seg_head.forward_features(features)
+    fine = model.sem_seg_head.predict(fused)
+    low = coarse.sem_seg_head.predict(fused)
+    assert low.shape == fine.shape == (1, 3, 16, 24)
+    # the temporal classifier given the per-frame one's weights, on the unchanged scan map (8x12)
+    temporal = model.temporal
+    with torch.no_grad():
+        temporal.linear_pred2.weight.copy_(model.sem_seg_head.linear_pred.weight)
+        temporal.linear_pred2.bias.copy_(model.sem_seg_head.linear_pred.bias)
+    x = temporal.mamba_input(fused, 1)
+    assert x.shape[-2:] == (8, 12)
+    assert torch.allclose(low, temporal.classify(x[:, 0], fused.shape[-2:]), atol=1e-5)
+    # linear classifier, linear resize: the same as resizing the per-frame logits
+    resized = F.interpolate(F.interpolate(fine, size=(8, 12), mode="bilinear", align_corners=False),
+                            size=(16, 24), mode="bilinear", align_corners=False)
+    assert torch.allclose(low, resized, atol=1e-5)
+    assert (low - fine).abs().max() > 1e-2  # coarser, not the same prediction
+    # the per-frame head's forward uses it; the original model is untouched
+    logits, _ = coarse.sem_seg_head(features)
+    assert torch.allclose(logits, F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False))
+    assert torch.equal(model.sem_seg_head.predict(fused), fine)

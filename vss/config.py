@@ -217,6 +217,10 @@ def add_mpvss_config(cfg):
     cfg.MODEL.MOTION.PRE_NORM = False
     # The pixel flow is multiplied by this.
     cfg.MODEL.MOTION.FLOW_SCALE_FACTOR = 1.0
+    # Start of the fusion conv over [pixel flow, query flow]: "official" (weight 0, bias 1:
+    # flow (1, 1) grid cells everywhere) or "pass_through" (starts as the pixel flow, or the
+    # query flow where there is no pixel flow). See projects/MPVSS for the measured comparison.
+    cfg.MODEL.MOTION.FUSION_INIT = "official"
     # Pretrained flow-module weights, loaded after MODEL.WEIGHTS as a separate logged step
     # (tensors `flow.*` of a FlowNetS pretraining run or `temporal.flow.*` of
     # tools/convert_flownets.py / an MPVSS checkpoint, wherever shapes agree); "" loads none.
@@ -253,8 +257,12 @@ def add_tv3s_config(cfg):
     cfg.MODEL.TV3S.DROPOUT = 0.1
     # Loss weight of the per-frame prediction on every labelled clip frame.
     cfg.MODEL.TV3S.AUX_WEIGHT = 0.5
-    # Loss weight of the temporal prediction of the clip's last frame.
+    # Loss weight of the temporal prediction.
     cfg.MODEL.TV3S.TEMPORAL_WEIGHT = 1.0
+    # Clip frames whose temporal prediction is supervised: "last" (the release: frame t only)
+    # or "all" (every frame's prediction from itself and the clip's earlier frames, which is
+    # what streaming inference outputs for every frame; 4x the temporal supervision per clip).
+    cfg.MODEL.TV3S.TEMPORAL_LOSS_FRAMES = "last"
     # "stream": one frame at a time with carried scan states; "clip": each frame from a fresh
     # clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it (the release's test).
     cfg.MODEL.TV3S.INFERENCE = "stream"

@@ -4,5 +4,5 @@ from .optimizer import build_optimizer
 from .predictor import VideoPredictor
 from .setup import load_cfg, prepare_cfg, setup_cfg
 from .trainer import Trainer
-from .runs import METRICS, evaluate, load_model, train_once, video_gflops
+from .runs import METRICS, evaluate, learning_curve, load_model, train_once, video_gflops
 from .weights import check_weights

@@ -7,7 +7,12 @@ torch RNG states of the training process, all as they were after the checkpoint'
 Samples are seeded by their place in the stream (vss.data.train_loader), so the data-loading
 workers hold no state of their own. An interrupted run resumed with `--resume` therefore ends
 with the weights of an uninterrupted one.
+
+Every evaluation during training (TEST.EVAL_PERIOD and the final one) is appended to
+OUTPUT_DIR/evaluations.jsonl as {"iter": iterations done, "results": ...}: a learning curve
+that, unlike metrics.json, keeps evaluations closer together than the log writer's period.
 """
+import json
 import logging
 import os
 import random
@@ -17,6 +22,8 @@ from unittest import mock
 import numpy as np
 import torch
 from detectron2.engine import DefaultTrainer, defaults
+from detectron2.engine.hooks import EvalHook
+from detectron2.utils import comm
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..data.build import build_video_train_loader
@@ -30,6 +37,8 @@ from .launch import create_ddp_model
 from .optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
+
+EVALUATIONS = "evaluations.jsonl"
 
 # Scheduler state that is progress, restored from a checkpoint. The rest (max_iters, warmup,
 # power) is the schedule, always the config's: a resumed run may change SOLVER.MAX_ITER.
@@ -76,7 +85,24 @@ class Trainer(DefaultTrainer):
             self._trainer.model, self.cfg.OUTPUT_DIR, for_training=True,
             allow_partial=self.cfg.MODEL.WEIGHTS_ALLOW_PARTIAL, trainer=weakref.proxy(self),
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        for hook in hooks:
+            # DefaultTrainer's EvalHook calls a closure of its own: record around it
+            if isinstance(hook, EvalHook):
+                hook._func = self._recorded(hook._func)
+        return hooks
+
+    def _recorded(self, evaluate):
+        def evaluate_and_record():
+            results = evaluate()
+            if comm.is_main_process():
+                # after the last step trainer.iter is MAX_ITER, after step i it is i - 1
+                done = min(self.iter + 1, self.max_iter)
+                with open(os.path.join(self.cfg.OUTPUT_DIR, EVALUATIONS), "a") as f:
+                    f.write(json.dumps({"iter": done, "results": results}) + "\n")
+            return results
+
+        return evaluate_and_record
 
     def state_dict(self):
         ret = super().state_dict()  # iteration, scheduler
@@ -113,6 +139,10 @@ class Trainer(DefaultTrainer):
 
     def before_train(self):
         super().before_train()
+        if self.start_iter == 0 and comm.is_main_process():  # a new run: a new learning curve
+            path = os.path.join(self.cfg.OUTPUT_DIR, EVALUATIONS)
+            if os.path.exists(path):
+                os.remove(path)
         # last, right before the first step: nothing between here and there draws random numbers
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)

@@ -61,7 +61,7 @@ class FlowEstimator(nn.Module):
                  encoder_channels=(64, 128, 256, 512, 512, 1024), encoder_kernel_sizes=(7, 5, 5, 3, 3, 3),
                  encoder_num_convs=(1, 1, 2, 2, 2, 2), img_scale_factor=0.5,
                  img_norm_mean=(0.411, 0.432, 0.450), img_norm_std=(255.0, 255.0, 255.0),
-                 size_divisibility=32, flow_scale_factor=1.0):
+                 size_divisibility=32, flow_scale_factor=1.0, fusion_init="official"):
         """
         Args:
             flow_type: one of FLOW_TYPES (see the module docstring).
@@ -73,6 +73,7 @@ class FlowEstimator(nn.Module):
             img_norm_mean, img_norm_std: RGB; input = frame / std - mean, for both frames.
             size_divisibility: the input is zero-padded to a multiple of this.
             flow_scale_factor: the pixel flow is multiplied by this.
+            fusion_init: start of the fusion conv, "official" or "pass_through" (MotionDecoder).
         """
         super().__init__()
         if flow_type not in _PARTS:
@@ -92,7 +93,7 @@ class FlowEstimator(nn.Module):
         self.decoder = MotionDecoder(
             level_channels=encoder_channels[1:], hidden_dim=hidden_dim, nheads=nheads,
             dim_feedforward=dim_feedforward, num_layers=decoder_layers, num_queries=num_queries,
-            pre_norm=pre_norm, flow_scale=flow_scale_factor, **_PARTS[flow_type],
+            pre_norm=pre_norm, flow_scale=flow_scale_factor, fusion_init=fusion_init, **_PARTS[flow_type],
         )
         # both frames get the same normalisation; not saved (derived from the config)
         self.register_buffer("flow_img_norm_mean", torch.tensor(list(img_norm_mean) * 2).view(6, 1, 1), False)
@@ -128,6 +129,7 @@ class FlowEstimator(nn.Module):
             "img_norm_std": tuple(m.FLOW_IMG_NORM_STD),
             "size_divisibility": m.SIZE_DIVISIBILITY,
             "flow_scale_factor": m.FLOW_SCALE_FACTOR,
+            "fusion_init": m.FUSION_INIT,
         }
 
     @property

@@ -31,6 +31,23 @@ def crop_like(x, target):
     return x[..., : target.shape[-2], : target.shape[-1]]
 
 
+FUSION_INITS = ("official", "pass_through")
+
+
+def init_fusion(conv, how):
+    """The fusion conv's start (see MotionDecoder's fusion_init). Pass-through: the centre
+    tap maps input channel c to output c, so the pretrained pixel flow is used as it is."""
+    nn.init.zeros_(conv.weight)
+    if how == "official":
+        nn.init.ones_(conv.bias)
+        return
+    nn.init.zeros_(conv.bias)
+    centre = conv.kernel_size[0] // 2
+    with torch.no_grad():
+        for c in range(conv.out_channels):
+            conv.weight[c, c, centre, centre] = 1.0
+
+
 class MotionDecoder(nn.Module):
     """Motion decoder + flow head over the encoder outputs [conv2, ..., conv6].
 
@@ -49,7 +66,7 @@ class MotionDecoder(nn.Module):
 
     def __init__(self, *, level_channels, hidden_dim=256, nheads=8, dim_feedforward=2048,
                  num_layers=9, num_queries=100, pre_norm=False, attend=True, pixel_flow=True,
-                 query_flow=True, flow_scale=1.0):
+                 query_flow=True, flow_scale=1.0, fusion_init="official"):
         """
         Args:
             level_channels: channels of conv2..conv6 (5 values).
@@ -58,6 +75,9 @@ class MotionDecoder(nn.Module):
             nheads, dim_feedforward, pre_norm: transformer layer settings.
             num_layers: transformer layers (paper: S=3 stages x L=3 blocks = 9).
             num_queries: flow queries (= the key frame's Mask2Former queries).
+            fusion_init: start of the fusion conv: "official" (weight 0, bias 1: flow (1, 1)
+                everywhere, whatever its input) or "pass_through" (its output starts equal to
+                its first input: the pixel flow, or the query flow without pixel flow).
             flow_scale: the pixel flow is multiplied by this.
         """
         super().__init__()
@@ -68,6 +88,8 @@ class MotionDecoder(nn.Module):
             raise ValueError("MotionDecoder: at least one of pixel_flow and query_flow is needed")
         if query_flow and not attend:
             raise ValueError("MotionDecoder: query_flow needs attend=True (the flow queries come from it)")
+        if fusion_init not in FUSION_INITS:
+            raise ValueError(f"MODEL.MOTION.FUSION_INIT must be one of {FUSION_INITS}, got {fusion_init!r}")
         self.attend = attend
         self.use_pixel_flow = pixel_flow
         self.use_query_flow = query_flow
@@ -95,11 +117,9 @@ class MotionDecoder(nn.Module):
         if attend:
             self.query_embed = nn.Embedding(num_queries, hidden_dim)
         if query_flow:
-            # input: [pixel (dx, dy)] + [query (dx, dy)]. Weight 0 / bias 1: a fresh module
-            # outputs flow (1, 1) everywhere (the official init, which training moves from)
+            # input: [pixel (dx, dy)] + [query (dx, dy)]
             self.fuse_layer = ConvBlock(4 if pixel_flow else 2, 2, 3, leaky=False)
-            nn.init.zeros_(self.fuse_layer.conv.weight)
-            nn.init.ones_(self.fuse_layer.conv.bias)
+            init_fusion(self.fuse_layer.conv, fusion_init)
         if attend:
             self.level_embed = nn.Embedding(self.num_levels, hidden_dim)
             self.input_proj = nn.ModuleList()

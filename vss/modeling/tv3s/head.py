@@ -38,6 +38,7 @@ from .windows import merge, partition, window_groups
 __all__ = ["ShiftedWindowMamba", "StateSpaceSharing", "StreamState", "ClipState", "mamba_map_size"]
 
 INFERENCE_MODES = ("stream", "clip")
+TEMPORAL_LOSS_FRAMES = ("last", "all")
 
 
 def mamba_map_size(height, width, window_size):
@@ -148,7 +149,7 @@ class StateSpaceSharing(nn.Module):
     @configurable
     def __init__(self, *, num_classes, embed_dim=256, window_size=20, shift=10, num_blocks=4, d_state=16,
                  d_conv=4, expand=2, drop_path=0.1, dropout=0.1, aux_weight=0.5, temporal_weight=1.0,
-                 ignore_value=255, inference="stream", clip_offsets=(-9, -6, -3, 0)):
+                 ignore_value=255, inference="stream", clip_offsets=(-9, -6, -3, 0), temporal_loss_frames="last"):
         """
         Args:
             num_classes: classifier outputs.
@@ -159,14 +160,19 @@ class StateSpaceSharing(nn.Module):
             drop_path: stochastic depth (ShiftedWindowMamba).
             dropout: Dropout2d before the classifier.
             aux_weight: weight of the per-frame (SegFormerHead) loss on every labelled clip frame.
-            temporal_weight: weight of the loss on the last frame's temporal prediction.
+            temporal_weight: weight of the loss on the temporal predictions.
             ignore_value: label value excluded from the losses.
             inference: "stream" (carried states) or "clip" (a fresh clip per frame).
             clip_offsets: clip mode: frame offsets of a clip, <= 0, the current frame (0) last.
+            temporal_loss_frames: "last" (the release) or "all": the clip frames whose temporal
+                prediction the loss supervises.
         """
         super().__init__()
         if inference not in INFERENCE_MODES:
             raise ValueError(f"MODEL.TV3S.INFERENCE must be one of {INFERENCE_MODES}, got {inference!r}")
+        if temporal_loss_frames not in TEMPORAL_LOSS_FRAMES:
+            raise ValueError(f"MODEL.TV3S.TEMPORAL_LOSS_FRAMES must be one of {TEMPORAL_LOSS_FRAMES}, "
+                             f"got {temporal_loss_frames!r}")
         offsets = check_clip_offsets(clip_offsets)
         self.vs = ShiftedWindowMamba(embed_dim, 2 * num_blocks, window_size, shift, d_state, d_conv, expand,
                                      drop_path)
@@ -181,6 +187,7 @@ class StateSpaceSharing(nn.Module):
         self.ignore_value = ignore_value
         self.inference = inference
         self.clip_offsets = offsets
+        self.temporal_loss_frames = temporal_loss_frames
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -201,6 +208,7 @@ class StateSpaceSharing(nn.Module):
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference": tv3s.INFERENCE,
             "clip_offsets": cfg.INPUT.VIDEO.CLIP_OFFSETS,
+            "temporal_loss_frames": tv3s.TEMPORAL_LOSS_FRAMES,
         }
 
     # ---- the network -----------------------------------------------------------------------
@@ -250,10 +258,13 @@ class StateSpaceSharing(nn.Module):
         fused = self.fused_maps(model, images.tensor)
         aux = model.sem_seg_head.predict(fused)
         y, _ = self.vs(self.mamba_input(fused, frames))
-        temporal = self.classify(y[:, -1], fused.shape[-2:])
+        if self.temporal_loss_frames == "all":  # y is b-major like targets
+            temporal, temporal_targets = self.classify(y.flatten(0, 1), fused.shape[-2:]), targets
+        else:
+            temporal, temporal_targets = self.classify(y[:, -1], fused.shape[-2:]), targets[frames - 1 :: frames]
         return {
             "loss_sem_seg_aux": self.aux_weight * self.cross_entropy(aux, targets),
-            "loss_sem_seg": self.temporal_weight * self.cross_entropy(temporal, targets[frames - 1 :: frames]),
+            "loss_sem_seg": self.temporal_weight * self.cross_entropy(temporal, temporal_targets),
         }
 
     def cross_entropy(self, logits, targets):
