@@ -340,14 +340,15 @@ def run_tv3s(args, out, settings, progress):
     segformer = progress.stage("segformer train", lambda: train_once(
         "SegFormer-B0", seg_cfg, os.path.join(out, "segformer"),
         common + ["SOLVER.MAX_ITER", args.iters["segformer"]], log=log))
-    window = load_cfg(tv3s_cfg).MODEL.TV3S.WINDOW_SIZE
+    tv3s_defaults = load_cfg(tv3s_cfg)
+    window = tv3s_defaults.MODEL.TV3S.WINDOW_SIZE
     per_frame = progress.stage("segformer eval", lambda: {
         "full resolution": evaluate("SegFormer-B0", seg_cfg, segformer, common, log=log),
         "scan resolution": evaluate("SegFormer-B0 at TV3S's scan resolution", seg_cfg, segformer, common,
                                     log=log, model_fn=lambda m: at_scan_resolution(m, window))})
 
     # the control: the per-frame model fine-tuned with TV3S's rates, schedule and frames
-    solver = load_cfg(tv3s_cfg).SOLVER
+    solver = tv3s_defaults.SOLVER
     recipe = ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", args.iters["tv3s"]]
     recipe += [x for key in ("BASE_LR", "HEAD_MULTIPLIER", "BACKBONE_MULTIPLIER", "WARMUP_ITERS")
                for x in (f"SOLVER.{key}", solver[key])]
