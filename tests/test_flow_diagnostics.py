@@ -11,7 +11,12 @@ from detectron2.data import DatasetCatalog
 from vss.data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_flow_pairs, register_vspw_layout
 from vss.data.synthetic import generate, ground_truth_flow
 from vss.engine import Trainer, setup_cfg
-from vss.evaluation.flow_diagnostics import FlowEPE, flow_diagnostics, flow_in_frame_pixels, winning_queries
+from vss.data.mappers import FrameMapper
+from vss.data.video import group_by_video
+from vss.evaluation import VSSEvaluator
+from vss.evaluation.flow_diagnostics import (FlowEPE, flow_diagnostics, flow_in_frame_pixels, true_grid_flow,
+                                             winning_queries)
+from vss.modeling.mpvss.warp import warp_masks
 
 from conftest import REPO
 
@@ -75,6 +80,23 @@ def test_per_query_epe_by_hand():
     # pixel-weighted over both frames: (0 + 3 + 3 + 4 * 1) / 7
     assert result["EPE"] == pytest.approx(10 / 7)
     assert result["EPE_static"] == pytest.approx((3 + 4) / 5)
+
+
+def test_per_class_epe_by_hand():
+    # classes a, b, c; errors 0 | 3 on the top row, 3 | invalid below; labels a b / b ignore
+    flow = torch.zeros(2, 2, 2)
+    gt = np.zeros((2, 2, 2), np.float32)
+    gt[0, 1] = gt[1, 0] = (3.0, 0.0)
+    valid = np.array([[True, True], [True, False]])
+    epe = FlowEPE(class_names=("a", "b", "c"))
+    epe.add(flow, gt, valid, gap=1, labels=np.array([[0, 1], [1, 255]]))
+    epe.add(flow, np.full((2, 2, 2), 4.0, np.float32), np.ones((2, 2), bool), gap=2)  # no labels: no class sums
+    per_class = epe.summary()["EPE_classes"]
+    assert list(per_class) == ["a", "b", "c"]
+    assert per_class["a"] == pytest.approx(0.0) and per_class["b"] == pytest.approx(3.0)
+    assert math.isnan(per_class["c"])
+    with pytest.raises(ValueError, match=r"labels \(3, 3\) and validity \(2, 2\) disagree"):
+        epe.add(flow, gt, valid, gap=1, labels=np.zeros((3, 3), np.int64))
 
 
 def test_query_flows_need_an_owner_map():
@@ -165,3 +187,67 @@ def test_flownets_agrees_with_the_flow_evaluator(dataset):
     assert list(result["gaps"]) == [1]
     assert result["EPE"] == pytest.approx(expected["EPE_gap1"], rel=1e-5)
     assert result["EPE"] != pytest.approx(expected["EPE_zero_gap1"], rel=1e-2)  # a real flow, not zero
+
+
+def test_true_flow_moves_the_key_labels_onto_the_frame(dataset):
+    """Key-frame labels as one-hot masks over the padded, resized input, warped with true_grid_flow, land on
+    the frame's labels: units, resizing and padding are right. Zero flow does visibly worse."""
+    name, root = dataset
+    video = sorted({r["video_id"] for r in DatasetCatalog.get(name)})[0]
+    frame_size, image_size, padded = (64, 96), (120, 180), (128, 192)
+
+    def resized(array):  # frame -> model input, as the key frame's masks are
+        return cv2.resize(array.astype(np.uint8), image_size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+
+    def labels(t):
+        return resized(cv2.imread(os.path.join(root, "data", video, "mask", f"{t:08d}.png"), cv2.IMREAD_UNCHANGED))
+
+    key = torch.from_numpy(labels(0)).long()
+    one_hot = torch.nn.functional.one_hot(key, 9).permute(2, 0, 1).float() * 20 - 10
+    masks = torch.nn.functional.pad(one_hot, (0, padded[1] - image_size[1], 0, padded[0] - image_size[0]))[None]
+    gt, valid = ground_truth_flow(root, video, 4, 0)
+    assert gt.shape[:2] == frame_size
+    valid = resized(valid) > 0
+    agreement = {}
+    for case, flow in (("true", true_grid_flow(gt, image_size, padded)), ("zero", torch.zeros(1, 2, *padded))):
+        assert flow.shape == (1, 2, *padded)
+        warped = warp_masks(masks, flow[None])[0, :, :image_size[0], :image_size[1]].argmax(0).numpy()
+        agreement[case] = (warped == labels(4))[valid].mean()
+    assert agreement["true"] >= 0.97, agreement
+    assert agreement["zero"] < agreement["true"] - 0.05, agreement
+
+
+@pytest.mark.parametrize("variant", ["copy", "query_learned"])
+def test_propagation_scores_equal_the_models_own_inference(dataset, variant, monkeypatch):
+    """With one key frame per video (max_gap 6 on 7 frames), the "flow" propagation is exactly what the model
+    predicts at KEY_INTERVAL 7 on frames 1..6. Given a "ground truth" equal to the untrained query-learned
+    model's own flow (1 grid unit = 8 * 64 / 120 frame pixels in x and y), "true flow" scores the same."""
+    name, _ = dataset
+    cfg = setup_cfg(str(REPO / f"configs/synthetic/mpvss_{variant}.yaml"),
+                    ["MODEL.WEIGHTS", "", "DATASETS.TEST", f"('{name}',)", "MODEL.DEVICE", "cpu",
+                     "MODEL.MPVSS.KEY_INTERVAL", 7])
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    result = flow_diagnostics(model, cfg, name, max_gap=6)["propagation"]
+    model.eval()
+    mapper, expected = FrameMapper(cfg, is_train=False), VSSEvaluator(name, distributed=False, vc_windows=())
+    with torch.no_grad():
+        for records in group_by_video(DatasetCatalog.get(name)).values():
+            for record in records:
+                output = model([mapper(record)])[0]
+                if record["frame_idx"] > 0:
+                    expected.process([record], [output])
+    expected = expected.evaluate()["sem_seg"]
+    assert result["flow"]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-9)
+    assert result["flow"]["IoU-car"] == pytest.approx(expected["IoU-car"], abs=1e-9, nan_ok=True)
+    if variant == "query_learned":
+        from vss.evaluation import flow_diagnostics as module
+
+        def as_the_model_moves(root, video, frame, key_frame):
+            gt, valid = ground_truth_flow(root, video, frame, key_frame)
+            return np.full_like(gt, 8 * 64 / 120), valid
+
+        monkeypatch.setattr(module, "ground_truth_flow", as_the_model_moves)
+        result = flow_diagnostics(model, cfg, name, max_gap=6)["propagation"]
+        assert result["true flow"]["pACC"] == pytest.approx(result["flow"]["pACC"], abs=1e-9)
+        assert result["true flow"]["mIoU"] == pytest.approx(result["flow"]["mIoU"], abs=1e-9)

@@ -61,6 +61,11 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         for k, r in result["K"].items():
             assert set(r) >= {"mIoU", "WIoU", "mVC8", "mVC16", "GFLOPs"}
         assert set(result["flow_epe"]["gaps"]) == {str(g) for g in range(1, 11)}
+        assert list(result["flow_epe"]["EPE_classes"]) == list(bench.SYNTHETIC_CLASSES)
+        # the propagated frames scored with the variant's flow and with the true flow
+        assert set(result["flow_epe"]["propagation"]) == {"flow", "true flow"}
+        for scores in result["flow_epe"]["propagation"].values():
+            assert 0 <= scores["mIoU"] <= 100 and "IoU-car" in scores
         # the key frame costs the same in every variant; propagation costs less, more so at larger K
         gflops = [result["K"][k]["GFLOPs"] for k in ("2", "5", "10")]
         assert gflops[0] > gflops[1] > gflops[2] > 0
@@ -83,15 +88,16 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
     assert res["mpvss"]["Copy"]["flow_epe"]["EPE"] > 0
     leaves = list(numbers(res))
     for path, value in leaves:
-        if value is None:  # a mean over no pixel, e.g. no static pixel at some gap
-            assert "EPE_static" in path or "EPE_objects" in path or "EPE_moving" in path, path
+        if value is None:  # a mean over no pixel, e.g. no static pixel at some gap, a class not in the frames
+            assert any(part in path for part in ("EPE_static", "EPE_objects", "EPE_moving", "EPE_classes/",
+                                                 "/IoU-")), path
         elif isinstance(value, float):
             assert math.isfinite(value), path
     for path, value in leaves:
         if path.rsplit("/", 1)[-1] in ("mIoU", "WIoU", "mVC8", "GFLOPs", "EPE"):
             assert isinstance(value, (int, float)), path
     table = (out / "synthetic_benchmark.md").read_text()
-    assert "| Query-based flow" in table and "| TV3S (stream)" in table
+    assert "| Query-based flow" in table and "| TV3S (stream)" in table and "mIoU, true flow" in table
     assert imread(out / "synthetic_benchmark.png").shape[-1] in (3, 4)
 
 

@@ -170,6 +170,24 @@ def mpvss_rows(results, per_frame):
     return rows
 
 
+def propagation_tables(results):
+    """Markdown lines: each variant's propagated frames scored with its own flow and with the true flow,
+    per class, and its flow error per class (flow_diagnostics)."""
+    classes = list(next(iter(results.values()))["flow_epe"]["EPE_classes"])
+    rows, epe_rows = [], []
+    for name, result in results.items():
+        epe = result["flow_epe"]
+        own, true = epe["propagation"]["flow"], epe["propagation"]["true flow"]
+        rows.append([name, own["mIoU"], true["mIoU"], *[own[f"IoU-{c}"] for c in classes]])
+        epe_rows.append([name, *[epe["EPE_classes"][c] for c in classes]])
+    return ["", "Propagated frames (key frames every 10 frames, gaps 1..10): mIoU with the variant's own flow "
+            "and with the ground-truth flow (the same key-frame masks), and IoU per class with its own flow:", "",
+            tabulate(rows, headers=["model", "mIoU", "mIoU, true flow", *classes], floatfmt=".1f",
+                     tablefmt="github", missingval="-"),
+            "", "Flow EPE per class of the frame's label (frame pixels, gaps 1..10):", "",
+            tabulate(epe_rows, headers=["model", *classes], floatfmt=".2f", tablefmt="github", missingval="-")]
+
+
 def markdown(res):
     per_frame = res["mask2former"]
     lines = [f"# Synthetic benchmark ({res['options']['data']} set, seed {res['options']['seed']}"
@@ -184,6 +202,7 @@ def markdown(res):
     headers = ["model", "K", *METRICS, "GFLOPs/frame", "EPE objects", "EPE moving", "EPE all"]
     lines.append(tabulate(mpvss_rows(res["mpvss"], per_frame), headers=headers, floatfmt=".2f",
                           tablefmt="github", missingval="-"))
+    lines += propagation_tables(res["mpvss"])
     flow = res["flownets"]
     lines += ["", "## FlowNetS pretraining (pixel flow EPE, frame pixels)", "",
               tabulate([[flow["evaluator"].get("EPE"), flow["evaluator"].get("Fl"), flow["diagnostics"]["EPE"],

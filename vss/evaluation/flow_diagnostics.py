@@ -16,7 +16,16 @@ independently of segmentation quality:
   pixels of the moving object classes (car, person, ball, bird: the frame's label): the
   camera pans, so most background pixels move too, but only the objects move against it,
   and they are a small share of the frame;
-- per gap (frames between the key frame and the current frame) and over all gaps.
+- per gap (frames between the key frame and the current frame) and over all gaps; over all
+  gaps also per class of the frame's label ("EPE_classes"): mIoU weighs every class alike,
+  where the pixel means above are dominated by the large background classes.
+
+Propagation with the true flow (MPVSS variants): each frame's prediction is also made the
+way MPVSS makes it, from its key frame's class and mask logits warped with the variant's own
+flow ("flow") and with the ground-truth flow ("true flow"), and both are scored with
+VSSEvaluator (mIoU, WIoU, pACC, per-class IoU) over the same frames. The key frame's
+segmentation is the same in both, so the difference is what the variant's flow error costs
+in segmentation, class by class; "true flow" is the best its key-frame masks can do.
 
 Units: a FlowEstimator predicts in pixels of its grid (1/8 of the padded model input by
 default: a grid unit is 8 input pixels); `flow_in_frame_pixels` brings it to the pixels of
@@ -35,9 +44,12 @@ from ..data.mappers import FrameMapper
 from ..data.synthetic import ground_truth_flow
 from ..data.video import group_by_video
 from ..modeling.mask2former.semantic import upsample_masks
-from ..modeling.mpvss.warp import upsample_flow
+from ..modeling.mask2former import semantic_outputs
+from ..modeling.mpvss.warp import upsample_flow, warp_masks
+from .vss_evaluator import VSSEvaluator
 
-__all__ = ["MOVING_PIXELS", "FlowEPE", "flow_in_frame_pixels", "winning_queries", "flow_diagnostics"]
+__all__ = ["MOVING_PIXELS", "FlowEPE", "flow_in_frame_pixels", "true_grid_flow", "winning_queries",
+           "flow_diagnostics"]
 
 # ground-truth motion above this many frame pixels counts as moving
 MOVING_PIXELS = 0.5
@@ -60,6 +72,16 @@ def flow_in_frame_pixels(flow, padded_size, image_size, frame_size):
     return upsample_flow(flow, tuple(frame_size))
 
 
+def true_grid_flow(gt_flow, image_size, padded_size):
+    """Ground-truth flow (H, W, 2) in frame pixels -> (1, 2, Hp, Wp) in pixels of the padded
+    model input (the frame resized to image_size, zero-padded to padded_size): one map for every
+    query, as a pixel-flow module gives it."""
+    h, w = image_size
+    flow = torch.as_tensor(gt_flow, dtype=torch.float32).permute(2, 0, 1)[None]
+    flow = upsample_flow(flow, (h, w))
+    return F.pad(flow, (0, padded_size[1] - w, 0, padded_size[0] - h))
+
+
 def winning_queries(class_logits, mask_logits):
     """(H, W) index of the query that paints each pixel in the semantic map.
 
@@ -72,12 +94,15 @@ def winning_queries(class_logits, mask_logits):
 class FlowEPE:
     """Pixel-weighted end-point errors, summed over frames; `summary()` gives the means."""
 
-    def __init__(self, moving_pixels=MOVING_PIXELS):
+    def __init__(self, moving_pixels=MOVING_PIXELS, class_names=()):
         self.moving_pixels = moving_pixels
+        self.class_names = list(class_names)
         # gap -> region -> [pixels, sum of EPE]
         self._sums = defaultdict(lambda: {r: [0, 0.0] for r in REGIONS})
+        # class id -> [pixels, sum of EPE], over all gaps
+        self._class_sums = torch.zeros(len(self.class_names), 2, dtype=torch.float64)
 
-    def add(self, flow, gt_flow, valid, gap, owner=None, objects=None):
+    def add(self, flow, gt_flow, valid, gap, owner=None, objects=None, labels=None):
         """One frame.
 
         Args:
@@ -86,6 +111,8 @@ class FlowEPE:
             valid: (H, W) bool; gap: frames between key frame and frame.
             owner: (H, W) query index of each pixel (winning_queries); needed when flow has Q maps.
             objects: (H, W) bool, the pixels of moving objects (None: that region stays empty).
+            labels: (H, W) class ids of the frame (values outside [0, len(class_names)), such as
+                the ignore value 255, count in no class); None: no per-class sums.
         """
         gt = torch.as_tensor(gt_flow, dtype=torch.float64).permute(2, 0, 1)
         valid = torch.as_tensor(valid, dtype=torch.bool)
@@ -108,10 +135,18 @@ class FlowEPE:
         for region, mask in zip(REGIONS, (valid, valid & moving, valid & ~moving, valid & objects)):
             sums[region][0] += int(mask.sum())
             sums[region][1] += float(epe[mask].sum())
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.shape != valid.shape:
+                raise ValueError(f"FlowEPE: labels {tuple(labels.shape)} and validity {tuple(valid.shape)} disagree")
+            counted = valid & (labels >= 0) & (labels < len(self.class_names))
+            ids = labels[counted]
+            self._class_sums[:, 0] += torch.bincount(ids, minlength=len(self.class_names)).double()
+            self._class_sums[:, 1] += torch.bincount(ids, weights=epe[counted], minlength=len(self.class_names))
 
     def summary(self):
         """{"EPE", "EPE_moving", "EPE_static", "EPE_objects", "pixels_moving", "pixels_objects",
-        "gaps": {gap: same keys}}; NaN where no pixel."""
+        "gaps": {gap: same keys}, "EPE_classes": {class name: EPE over all gaps}}; NaN where no pixel."""
 
         def means(parts):
             out = {}
@@ -123,8 +158,12 @@ class FlowEPE:
             out["pixels_objects"] = sum(p["objects"][0] for p in parts)
             return out
 
+        pixels, total = self._class_sums.unbind(1)
+        per_class = {name: float(t / n) if n else math.nan
+                     for name, n, t in zip(self.class_names, pixels.tolist(), total.tolist())}
         return {**means(list(self._sums.values())),
-                "gaps": {gap: means([self._sums[gap]]) for gap in sorted(self._sums)}}
+                "gaps": {gap: means([self._sums[gap]]) for gap in sorted(self._sums)},
+                "EPE_classes": per_class}
 
 
 def _key_frame_outputs(model, image):
@@ -153,24 +192,35 @@ def _owners(class_logits, mask_logits, padded_size, image_size, frame_size):
     return winning_queries(class_logits, masks[0])
 
 
-def _pair_flow(model, flow_module, image, key_image, queries, frame_size):
-    """(Q, 2, H, W) per-query or (2, H, W) one-map flow from image to key_image, in frame pixels."""
-    if flow_module is None:  # Copy: the key frame's masks stay where they are
-        return torch.zeros(2, *frame_size)
+def _grid_flow(model, flow_module, image, key_image, queries):
+    """Flow from image to key_image as the flow module gives it: (Q, 2, hf, wf), or (1, 2, hf, wf)
+    for one map shared by every query, in pixels of its grid over the padded input; and that
+    padded size. None for Copy: the key frame's masks stay where they are."""
+    if flow_module is None:
+        return None, None
     size = tuple(image.shape[-2:])
     # padded as the model pads (MPVSS: its backbone's divisibility, FlowNetS: the flow's)
     div = getattr(model, "size_divisibility", flow_module.size_divisibility)
     pair = [F.pad(x, (0, -size[1] % div, 0, -size[0] % div))[None] for x in (image, key_image)]
     flow = flow_module(*pair, queries[None] if flow_module.reads_key_queries else None, [size])[0]
     single = flow.stride(0) == 0 or flow.shape[0] == 1  # one map expanded over the queries
-    flow = flow_in_frame_pixels(flow[:1] if single else flow, pair[0].shape[-2:], size, frame_size)
-    return flow[0] if single else flow
+    return (flow[:1] if single else flow), pair[0].shape[-2:]
+
+
+def _propagated(model, class_logits, mask_logits, padded, flow, image_size, frame_size):
+    """MPVSS's prediction for a frame: key-frame mask logits (Q, h, w) warped with `flow`
+    ((Q or 1, 2, hf, wf) over the padded input; None: unchanged), through the semantic path."""
+    masks = mask_logits[None] if flow is None else warp_masks(mask_logits[None], flow[None])
+    (output,) = semantic_outputs(class_logits[None], masks, padded, [image_size], [frame_size],
+                                 model.temporal.sem_seg_postprocess_before_inference)
+    return output
 
 
 @torch.no_grad()
 def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_PIXELS,
                      object_classes=SYNTHETIC_OBJECTS):
-    """FlowEPE summary of `model` on the synthetic videos of `dataset_name`.
+    """Flow errors of `model` on the synthetic videos of `dataset_name`: FlowEPE's summary, and
+    for an MPVSS model "propagation": {"flow": metrics, "true flow": metrics} (see the module doc).
 
     Key frames are every `max_gap`-th frame of each video (0, max_gap, ...), and each is paired
     with the next `max_gap` frames (gaps 1..max_gap), so every frame but the first is seen once.
@@ -188,7 +238,8 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
     mapper = FrameMapper(cfg, is_train=False)
     was_training = model.training
     model.eval()
-    result = FlowEPE(moving_pixels)
+    result = FlowEPE(moving_pixels, classes)
+    scores = {k: VSSEvaluator(dataset_name, distributed=False, vc_windows=()) for k in ("flow", "true flow")}
     try:
         for video, records in group_by_video(DatasetCatalog.get(dataset_name)).items():
             for key in range(0, len(records), max_gap):
@@ -203,12 +254,26 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
                     if image.shape != key_image.shape:
                         raise ValueError(f"flow_diagnostics: {record['file_name']} is {tuple(image.shape)} but its "
                                          f"key frame {records[key]['file_name']} is {tuple(key_image.shape)}")
+                    size, frame_size = tuple(image.shape[-2:]), gt.shape[:2]
                     if uses_masks and owner is None:
-                        owner = _owners(class_logits, mask_logits, padded, image.shape[-2:], gt.shape[:2])
-                    flow = _pair_flow(model, flow_module, image, key_image, queries, gt.shape[:2])
-                    label = read_label(record["sem_seg_file_name"], len(classes), meta.label_offset)
-                    objects = (torch.from_numpy(label)[None] == object_ids).any(0)
-                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects)
+                        owner = _owners(class_logits, mask_logits, padded, size, frame_size)
+                    flow, flow_padded = _grid_flow(model, flow_module, image, key_image, queries)
+                    if uses_masks:
+                        true_flow = true_grid_flow(gt, size, padded).to(model.device)
+                        for name, f in (("flow", flow), ("true flow", true_flow)):
+                            scores[name].process([record], [_propagated(model, class_logits, mask_logits, padded, f,
+                                                                        size, frame_size)])
+                    if flow is None:
+                        flow = torch.zeros(2, *frame_size)
+                    else:
+                        flow = flow_in_frame_pixels(flow, flow_padded, size, frame_size)
+                        flow = flow[0] if flow.shape[0] == 1 else flow
+                    label = torch.from_numpy(read_label(record["sem_seg_file_name"], len(classes), meta.label_offset))
+                    objects = (label[None] == object_ids).any(0)
+                    result.add(flow, gt, valid, t - key, owner if flow.dim() == 4 else None, objects, label)
     finally:
         model.train(was_training)
-    return result.summary()
+    summary = result.summary()
+    if uses_masks:
+        summary["propagation"] = {k: dict(s.evaluate()["sem_seg"]) for k, s in scores.items()}
+    return summary
