@@ -39,6 +39,9 @@ def test_options_and_defaults(tmp_path):
     assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}
     assert args.set == {**bench.QUICK_DATA, "frames": 17}
     assert args.json == str(tmp_path / "synthetic_benchmark.json")  # a smoke test keeps the reported numbers
+    # every stage tests at the set's height and trains around it, as the configs do around 120
+    assert bench.sizes(120) == ["INPUT.MIN_SIZE_TRAIN", (96, 108, 120, 132, 144), "INPUT.MIN_SIZE_TEST", 120]
+    assert bench.sizes(144) == ["INPUT.MIN_SIZE_TRAIN", (115, 130, 144, 158, 173), "INPUT.MIN_SIZE_TEST", 144]
     # FlowNet's steps at 1/3, 1/2, 2/3 of the schedule, strictly inside it
     assert bench.flow_schedule(600) == ["SOLVER.MAX_ITER", 600, "SOLVER.STEPS", (200, 300, 400)]
     assert bench.flow_schedule(6) == ["SOLVER.MAX_ITER", 6, "SOLVER.STEPS", (2, 3, 4)]

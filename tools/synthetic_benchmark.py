@@ -154,6 +154,14 @@ def register(root, train=TRAIN, val=VAL, flow_pairs=True):
             register_flow_pairs(name, root, split, MAX_GAP, both_directions=both_directions)
 
 
+def sizes(height):
+    """Options that test at the set's frame height and train at the synthetic configs' sizes scaled
+    to it (they all train at 96..144 around a test height of 120)."""
+    base = load_cfg(os.path.join(CONFIGS, "segformer_tiny.yaml")).INPUT
+    train = tuple(round(s * height / base.MIN_SIZE_TEST) for s in base.MIN_SIZE_TRAIN)
+    return ["INPUT.MIN_SIZE_TRAIN", train, "INPUT.MIN_SIZE_TEST", height]
+
+
 def flow_schedule(iters):
     """FlowNet's recipe: the rate halved at 1/3, 1/2 and 2/3 of the schedule."""
     steps = sorted({max(1, min(iters - 1, round(iters * f))) for f in (1 / 3, 1 / 2, 2 / 3)})
@@ -288,8 +296,9 @@ def run(args):
         f"{'generated' if summary['generated'] else 'already there'})")
     register(summary["root"])
     # every stage: this seed; each set is tested at its own frame size (the ground-truth flow's)
+    # and trained at sizes around it
     settings = ["SEED", args.seed] + (["DATALOADER.NUM_WORKERS", 0] if args.quick else [])
-    settings_here = settings + ["INPUT.MIN_SIZE_TEST", args.set["height"]]
+    settings_here = settings + sizes(args.set["height"])
     common = ["DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{VAL}',)"] + settings_here
     res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -350,11 +359,8 @@ def run_tv3s(args, out, settings, progress):
     register(summary["root"], TV3S_TRAIN, TV3S_VAL, flow_pairs=False)
     seg_cfg = os.path.join(CONFIGS, "segformer_tiny.yaml")
     tv3s_cfg = os.path.join(CONFIGS, "tv3s_finetune.yaml")
-    # training frames resized around the set's frame height, as segformer_tiny.yaml does for 120
-    base = load_cfg(seg_cfg)
-    train_sizes = tuple(round(s * size["height"] / base.INPUT.MIN_SIZE_TEST) for s in base.INPUT.MIN_SIZE_TRAIN)
-    common = ["DATASETS.TRAIN", f"('{TV3S_TRAIN}',)", "DATASETS.TEST", f"('{TV3S_VAL}',)",
-              "INPUT.MIN_SIZE_TRAIN", train_sizes, "INPUT.MIN_SIZE_TEST", size["height"]] + settings
+    common = ["DATASETS.TRAIN", f"('{TV3S_TRAIN}',)", "DATASETS.TEST", f"('{TV3S_VAL}',)"] + settings
+    common += sizes(size["height"])
 
     segformer = progress.stage("segformer train", lambda: train_once(
         "SegFormer-B0", seg_cfg, os.path.join(out, "segformer"),
