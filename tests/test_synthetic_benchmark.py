@@ -33,7 +33,8 @@ def numbers(tree, path=""):
 def test_options_and_defaults(tmp_path):
     bench = load_benchmark()
     args = bench.parse_args(["--output", str(tmp_path)])
-    assert args.iters == bench.BUDGETS and args.set == bench.DATA
+    assert args.iters == bench.BUDGETS and args.set == bench.DATA and args.parts == ("mpvss", "tv3s")
+    assert bench.parse_args(["--only", "tv3s"]).parts == ("tv3s",)
     assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark.json")
     args = bench.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
     assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}
@@ -86,6 +87,12 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
                      ["DATASETS.TEST", f"('{bench.TV3S_VAL}',)", "INPUT.MIN_SIZE_TEST", 96, "DATALOADER.NUM_WORKERS", 0])
     assert {m: again[m] for m in METRICS} == pytest.approx({m: res["tv3s"]["stream"][m] for m in METRICS})
     assert "Query-based flow, pass-through fusion start" in res["mpvss"]
+    # the MPVSS variants' learning curves at their test K (5), the last point their final weights'
+    assert res["mpvss"]["Copy"]["curve"] == []
+    for name in ("Optical flow", "Query-based flow"):
+        curve = res["mpvss"][name]["curve"]
+        assert [p["iter"] for p in curve] == [1, 2, 3]
+        assert curve[-1]["mIoU"] == pytest.approx(res["mpvss"][name]["K"]["5"]["mIoU"])
     assert set(res["flownets"]) == {"evaluator", "diagnostics"}
     # Copy's flow is zero: its EPE is the mean ground-truth motion, what FlowEvaluator calls EPE_zero
     assert res["mpvss"]["Copy"]["flow_epe"]["EPE"] > 0
@@ -102,6 +109,14 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
     table = (out / "synthetic_benchmark.md").read_text()
     assert "| Query-based flow" in table and "| TV3S (stream)" in table and "mIoU, true flow" in table
     assert imread(out / "synthetic_benchmark.png").shape[-1] in (3, 4)
+    # --only: the table and plot of one part
+    for part, keys in (("mpvss", ("tv3s_dataset", "segformer", "tv3s")),
+                       ("tv3s", ("dataset", "flownets", "mask2former", "mpvss"))):
+        one = {k: v for k, v in res.items() if k not in keys}
+        table = bench.markdown(one)
+        assert ("## MPVSS" in table) == (part == "mpvss") and ("## TV3S" in table) == (part == "tv3s")
+        bench.plot(one, tmp_path / f"{part}.png")
+        assert imread(tmp_path / f"{part}.png").shape[-1] in (3, 4)
 
 
 def test_a_trained_stage_is_not_retrained(tmp_path):

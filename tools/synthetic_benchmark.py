@@ -50,6 +50,7 @@ from vss.data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_flow
 from vss.data.datasets.flow_pairs import MAX_GAP
 from vss.data.synthetic import generate
 from vss.engine import METRICS, Trainer, evaluate, learning_curve, load_cfg, load_model, train_once, video_gflops
+from vss.engine.trainer import EVALUATIONS
 from vss.evaluation.flow_diagnostics import flow_diagnostics
 from vss.evaluation.scan_resolution import at_scan_resolution
 
@@ -77,6 +78,9 @@ QUICK_BUDGETS = {"flownets": 6, "mask2former": 6, "mpvss": 3, "segformer": 4, "t
 # after it (the learning curves; the final point is the reported streaming result). Few:
 # streaming TV3S over the validation videos at 240x320 takes minutes on 2 cores.
 CURVE_POINTS = 2
+# the MPVSS variants likewise, at their configs' test key interval (K = 5): cheap at 120x160
+MPVSS_CURVE_POINTS = 4
+PARTS = ("mpvss", "tv3s")
 # the set: 30-frame videos give 14 windows of 16 frames each for mVC16
 DATA = {"train_videos": 8, "val_videos": 4, "frames": 30, "height": 120, "width": 160}
 QUICK_DATA = {"train_videos": 2, "val_videos": 2, "frames": 18, "height": 64, "width": 96}
@@ -124,6 +128,9 @@ def parse_args(argv=None):
                             help=f"of the generated set (default {DATA[key]}, --quick {QUICK_DATA[key]})")
     parser.add_argument("--tv3s-scale", type=int, default=TV3S_SCALE,
                         help=f"frame size of TV3S's set over the MPVSS set's (default {TV3S_SCALE})")
+    parser.add_argument("--only", choices=PARTS, default=None,
+                        help="run one part: mpvss (FlowNetS, Mask2Former, the MPVSS variants) or tv3s "
+                             "(SegFormer-B0, TV3S and the control); default both")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "synthetic_benchmark"),
                         help="folder of the data and the checkpoints (reused when they exist)")
     parser.add_argument("--json", default=None,
@@ -132,6 +139,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     budgets, data = (QUICK_BUDGETS, QUICK_DATA) if args.quick else (BUDGETS, DATA)
     args.iters = {s: getattr(args, f"{s}_iters") or budgets[s] for s in BUDGETS}
+    args.parts = (args.only,) if args.only else PARTS
     args.set = {k: getattr(args, k) or data[k] for k in DATA}
     if args.json is None:
         args.json = os.path.join(args.output if args.quick else os.path.join(REPO, "projects", "results"),
@@ -197,32 +205,52 @@ def propagation_tables(results):
 
 
 def markdown(res):
-    per_frame = res["mask2former"]
     lines = [f"# Synthetic benchmark ({res['options']['data']} set, seed {res['options']['seed']}"
              f"{', --quick' if res['options']['quick'] else ''})", "",
-             f"{res['date']}, {res['machine']}; {res['dataset']['val_videos']} validation videos of "
-             f"{res['dataset']['frames']} frames, {res['dataset']['height']}x{res['dataset']['width']}; "
-             f"iterations {res['options']['iters']}.", "",
-             "## MPVSS", "",
+             f"{res['date']}, {res['machine']}; iterations {res['options']['iters']}.", ""]
+    if "mpvss" in res:
+        lines += mpvss_markdown(res)
+    if "tv3s" in res:
+        lines += tv3s_markdown(res)
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def mpvss_markdown(res):
+    data = res["dataset"]
+    lines = ["## MPVSS", "",
+             f"{data['val_videos']} validation videos of {data['frames']} frames, {data['height']}x{data['width']}. "
              "Flow EPE: per-query flow against the ground truth on the validation videos, gaps 1..10, in "
              "frame pixels, on the pixels of the moving object classes, on every pixel that moves more "
              "than 0.5 px (the camera pans) and on every valid pixel (vss/evaluation/flow_diagnostics.py).", ""]
     headers = ["model", "K", *METRICS, "GFLOPs/frame", "EPE objects", "EPE moving", "EPE all"]
-    lines.append(tabulate(mpvss_rows(res["mpvss"], per_frame), headers=headers, floatfmt=".2f",
+    lines.append(tabulate(mpvss_rows(res["mpvss"], res["mask2former"]), headers=headers, floatfmt=".2f",
                           tablefmt="github", missingval="-"))
     lines += propagation_tables(res["mpvss"])
+    curves = {name: {p["iter"]: p["mIoU"] for p in r.get("curve", [])} for name, r in res["mpvss"].items()}
+    curves = {name: c for name, c in curves.items() if c}
+    if curves:
+        iters = sorted({i for c in curves.values() for i in c})
+        lines += ["", "Learning curves of the fine-tuning (mIoU at K = 5, validation set):", "",
+                  tabulate([[name, *[c.get(i) for i in iters]] for name, c in curves.items()],
+                           headers=["model", *[f"iter {i}" for i in iters]], floatfmt=".1f", tablefmt="github",
+                           missingval="-")]
     flow = res["flownets"]
     lines += ["", "## FlowNetS pretraining (pixel flow EPE, frame pixels)", "",
               tabulate([[flow["evaluator"].get("EPE"), flow["evaluator"].get("Fl"), flow["diagnostics"]["EPE"],
                          flow["diagnostics"]["EPE_objects"], flow["diagnostics"]["EPE_moving"],
                          flow["diagnostics"]["EPE_static"], flow["evaluator"].get("EPE_zero")]],
                        headers=["EPE (all pairs)", "Fl %", "EPE (key-frame pairs)", "objects", "moving", "static",
-                                "zero flow"], floatfmt=".2f", tablefmt="github", missingval="-"),
-              "", f"## TV3S against its per-frame SegFormer-B0 ({res['tv3s_dataset']['height']}x"
-              f"{res['tv3s_dataset']['width']} frames)", "",
-              "Scan resolution: the per-frame SegFormer predicting on TV3S's 1/8 scan map "
-              "(vss/evaluation/scan_resolution.py). Fine-tuned as TV3S: the per-frame SegFormer "
-              "trained further with TV3S's rates, iterations and frames (the control).", ""]
+                                "zero flow"], floatfmt=".2f", tablefmt="github", missingval="-"), ""]
+    return lines
+
+
+def tv3s_markdown(res):
+    lines = [f"## TV3S against its per-frame SegFormer-B0 ({res['tv3s_dataset']['height']}x"
+             f"{res['tv3s_dataset']['width']} frames)", "",
+             "Scan resolution: the per-frame SegFormer predicting on TV3S's 1/8 scan map "
+             "(vss/evaluation/scan_resolution.py). Fine-tuned as TV3S: the per-frame SegFormer "
+             "trained further with TV3S's rates, iterations and frames (the control).", ""]
     seg, tv3s = res["segformer"], res["tv3s"]
     rows = [["SegFormer-B0 (per frame)", *[seg["full resolution"][m] for m in METRICS]],
             ["SegFormer-B0 at TV3S's scan resolution", *[seg["scan resolution"][m] for m in METRICS]],
@@ -235,8 +263,7 @@ def markdown(res):
              control.get(p["iter"], {}).get("mVC8")] for p in tv3s["stream"]["curve"]]
     lines.append(tabulate(rows, headers=["iteration", "TV3S mIoU", "TV3S mVC8", "SegFormer mIoU", "SegFormer mVC8"],
                           floatfmt=".1f", tablefmt="github", missingval="-"))
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(res, path):
@@ -245,31 +272,37 @@ def plot(res, path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (left, right, curves) = plt.subplots(1, 3, figsize=(16, 4))
-    left.axhline(res["mask2former"]["mIoU"], color="k", linestyle="--", label="Mask2Former (per frame)")
-    for name, result in res["mpvss"].items():
-        ks = sorted(result["K"], key=int)
-        left.plot([int(k) for k in ks], [result["K"][k]["mIoU"] for k in ks], marker="o", label=name)
-        gaps = sorted(result["flow_epe"]["gaps"], key=int)
-        right.plot([int(g) for g in gaps], [result["flow_epe"]["gaps"][g]["EPE_objects"] for g in gaps],
-                   marker="o", label=name)
-    gaps = sorted(res["flownets"]["diagnostics"]["gaps"], key=int)
-    right.plot([int(g) for g in gaps], [res["flownets"]["diagnostics"]["gaps"][g]["EPE_objects"] for g in gaps],
-               color="k", linestyle=":", label="FlowNetS (pretrained)")
-    left.set(xlabel="key-frame interval K", ylabel="mIoU (%)", title="MPVSS variants", xticks=KEY_INTERVALS)
-    right.set(xlabel="frames from the key frame", ylabel="EPE on object pixels (px)",
-              title="per-query flow error on moving objects")
-    for name, curve in (("TV3S (stream)", res["tv3s"]["stream"]["curve"]),
-                        ("SegFormer-B0 fine-tuned", res["segformer"]["fine-tuned as TV3S"]["curve"])):
-        line, = curves.plot([p["iter"] for p in curve], [p["mIoU"] for p in curve], marker="o",
-                            label=f"{name} mIoU")
-        curves.plot([p["iter"] for p in curve], [p["mVC8"] for p in curve], marker="s", linestyle="--",
-                    color=line.get_color(), label=f"{name} mVC8")
-    curves.axhline(res["segformer"]["scan resolution"]["mIoU"], color="k", linestyle=":",
-                   label="SegFormer-B0 at the scan resolution, mIoU")
-    curves.set(xlabel="fine-tuning iteration", ylabel="%", title="TV3S and its per-frame model")
-    for axes in (left, right, curves):
-        axes.legend(fontsize=7)
+    panels = (2 if "mpvss" in res else 0) + (1 if "tv3s" in res else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.3 * panels, 4), squeeze=False)
+    axes = list(axes[0])
+    if "mpvss" in res:
+        left, right = axes[:2]
+        left.axhline(res["mask2former"]["mIoU"], color="k", linestyle="--", label="Mask2Former (per frame)")
+        for name, result in res["mpvss"].items():
+            ks = sorted(result["K"], key=int)
+            left.plot([int(k) for k in ks], [result["K"][k]["mIoU"] for k in ks], marker="o", label=name)
+            gaps = sorted(result["flow_epe"]["gaps"], key=int)
+            right.plot([int(g) for g in gaps], [result["flow_epe"]["gaps"][g]["EPE_objects"] for g in gaps],
+                       marker="o", label=name)
+        gaps = sorted(res["flownets"]["diagnostics"]["gaps"], key=int)
+        right.plot([int(g) for g in gaps], [res["flownets"]["diagnostics"]["gaps"][g]["EPE_objects"] for g in gaps],
+                   color="k", linestyle=":", label="FlowNetS (pretrained)")
+        left.set(xlabel="key-frame interval K", ylabel="mIoU (%)", title="MPVSS variants", xticks=KEY_INTERVALS)
+        right.set(xlabel="frames from the key frame", ylabel="EPE on object pixels (px)",
+                  title="per-query flow error on moving objects")
+    if "tv3s" in res:
+        curves = axes[-1]
+        for name, curve in (("TV3S (stream)", res["tv3s"]["stream"]["curve"]),
+                            ("SegFormer-B0 fine-tuned", res["segformer"]["fine-tuned as TV3S"]["curve"])):
+            line, = curves.plot([p["iter"] for p in curve], [p["mIoU"] for p in curve], marker="o",
+                                label=f"{name} mIoU")
+            curves.plot([p["iter"] for p in curve], [p["mVC8"] for p in curve], marker="s", linestyle="--",
+                        color=line.get_color(), label=f"{name} mVC8")
+        curves.axhline(res["segformer"]["scan resolution"]["mIoU"], color="k", linestyle=":",
+                       label="SegFormer-B0 at the scan resolution, mIoU")
+        curves.set(xlabel="fine-tuning iteration", ylabel="%", title="TV3S and its per-frame model")
+    for a in axes:
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -288,23 +321,34 @@ def finite_or_none(value):
 
 def run(args):
     progress = Progress()
-    log = progress.log
     out = os.path.abspath(args.output)
+    # every stage: this seed
+    settings = ["SEED", args.seed] + (["DATALOADER.NUM_WORKERS", 0] if args.quick else [])
+    res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                      f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+           "options": {"data": args.data, "seed": args.seed, "quick": args.quick, "iters": args.iters,
+                       "parts": list(args.parts)}}
+    if "mpvss" in args.parts:
+        res.update(run_mpvss(args, out, settings, progress))
+    if "tv3s" in args.parts:
+        res["tv3s_dataset"], res["segformer"], res["tv3s"] = run_tv3s(args, out, settings, progress)
+    res["seconds"] = progress.seconds
+    return res
+
+
+def run_mpvss(args, out, settings, progress):
+    """The set, FlowNetS, the per-frame Mask2Former and the MPVSS variants: their results by key."""
+    log = progress.log
     summary = progress.stage("data", lambda: generate(
         os.path.join(out, "data"), **args.set, seed=args.seed, effects=args.data))
     log(f"data: {summary['root']} ({summary['frames']} frames, "
         f"{'generated' if summary['generated'] else 'already there'})")
     register(summary["root"])
-    # every stage: this seed; each set is tested at its own frame size (the ground-truth flow's)
-    # and trained at sizes around it
-    settings = ["SEED", args.seed] + (["DATALOADER.NUM_WORKERS", 0] if args.quick else [])
+    # tested at the set's frame size (the ground-truth flow's) and trained at sizes around it
     settings_here = settings + sizes(args.set["height"])
     common = ["DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{VAL}',)"] + settings_here
-    res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                      f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-           "options": {"data": args.data, "seed": args.seed, "quick": args.quick, "iters": args.iters},
-           "dataset": {k: summary["spec"][k] for k in ("train_videos", "val_videos", "frames", "height", "width")}}
+    res = {"dataset": {k: summary["spec"][k] for k in ("train_videos", "val_videos", "frames", "height", "width")}}
 
     # FlowNetS pretraining
     flow_cfg = os.path.join(CONFIGS, "flownets_pretrain.yaml")
@@ -329,20 +373,22 @@ def run(args):
         **evaluate("Mask2Former", m2f_cfg, per_frame, common, log=log),
         "GFLOPs": video_gflops(m2f_cfg, per_frame, common, frames=1)[0]})
     res["mpvss"] = {}
+    period = max(1, args.iters["mpvss"] // MPVSS_CURVE_POINTS)
     for name, (variant, folder, options) in VARIANTS.items():
         config = os.path.join(CONFIGS, f"mpvss_{variant}.yaml")
         if variant == "copy":  # as in the paper: the per-frame weights, nothing to train
-            weights = per_frame
+            weights, curve = per_frame, []
         else:
             weights = progress.stage(f"{name} train", lambda: train_once(
                 name, config, os.path.join(out, folder),
                 common + options + ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets,
-                                    "SOLVER.MAX_ITER", args.iters["mpvss"]], log=log))
+                                    "SOLVER.MAX_ITER", args.iters["mpvss"]], log=log, eval_period=period))
+            # a stage reused from a run that did not evaluate during training has no curve
+            recorded = os.path.isfile(os.path.join(out, folder, EVALUATIONS))
+            curve = learning_curve(os.path.join(out, folder)) if recorded else []
         res["mpvss"][name] = progress.stage(f"{name} eval", lambda: evaluate_mpvss(
             name, config, weights, common + options, log))
-
-    res["tv3s_dataset"], res["segformer"], res["tv3s"] = run_tv3s(args, out, settings, progress)
-    res["seconds"] = progress.seconds
+        res["mpvss"][name]["curve"] = curve
     return res
 
 
