@@ -25,7 +25,9 @@ way MPVSS makes it, from its key frame's class and mask logits warped with the v
 flow ("flow") and with the ground-truth flow ("true flow"), and both are scored with
 VSSEvaluator (mIoU, WIoU, pACC, per-class IoU) over the same frames. The key frame's
 segmentation is the same in both, so the difference is what the variant's flow error costs
-in segmentation, class by class; "true flow" is the best its key-frame masks can do.
+in segmentation, class by class; "true flow" is the best its key-frame masks can do. Where a
+surface is hidden in the key frame the true flow still points to where it is, so the warp
+samples what hides it there: what the key frame never saw no flow can bring back.
 
 Units: a FlowEstimator predicts in pixels of its grid (1/8 of the padded model input by
 default: a grid unit is 8 input pixels); `flow_in_frame_pixels` brings it to the pixels of
@@ -43,8 +45,7 @@ from ..data.io import read_label
 from ..data.mappers import FrameMapper
 from ..data.synthetic import ground_truth_flow
 from ..data.video import group_by_video
-from ..modeling.mask2former.semantic import upsample_masks
-from ..modeling.mask2former import semantic_outputs
+from ..modeling.mask2former.semantic import semantic_outputs, upsample_masks
 from ..modeling.mpvss.warp import upsample_flow, warp_masks
 from .vss_evaluator import VSSEvaluator
 
