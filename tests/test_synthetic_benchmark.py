@@ -35,6 +35,13 @@ def test_options_and_defaults(tmp_path):
     args = bench.parse_args(["--output", str(tmp_path)])
     assert args.iters == bench.BUDGETS and args.set == bench.DATA and args.parts == ("mpvss", "tv3s")
     assert bench.parse_args(["--only", "tv3s"]).parts == ("tv3s",)
+    assert args.variants == list(bench.VARIANTS)
+    assert bench.parse_args(["--variants", "query_flow", "optical_flow"]).variants == ["Optical flow",
+                                                                                       "Query-based flow"]
+    assert bench.parse_args(["--variants", "query_flow_pass_through"]).variants == [
+        "Query-based flow, pass-through fusion start"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "flow"])
     assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark.json")
     args = bench.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
     assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}

@@ -25,7 +25,7 @@ Writes every number to a JSON (default projects/results/synthetic_benchmark.json
 --quick OUTPUT/synthetic_benchmark.json, so a smoke test never replaces reported numbers),
 a Markdown table and a plot beside it (same name, .md and .png).
 
-The default budgets take at most about an hour on 2 idle CPU cores; --quick runs a few
+The default budgets take under an hour on 2 idle CPU cores (54 min measured); --quick runs a few
 iterations of each stage on a tiny set (a smoke test of the whole pipeline, not results).
 """
 import argparse
@@ -70,7 +70,7 @@ VARIANTS = {
         "query_flow", "mpvss_query_flow_pass_through", ["MODEL.MOTION.FUSION_INIT", "pass_through"]),
 }
 KEY_INTERVALS = (2, 5, 10)
-# training iterations per stage: default (about an hour on 2 idle cores in all) and --quick
+# training iterations per stage: default (54 min on 2 idle cores in all, measured) and --quick
 # (tv3s: the fine-tuning from the per-frame SegFormer, and the control's)
 BUDGETS = {"flownets": 600, "mask2former": 1600, "mpvss": 400, "segformer": 1600, "tv3s": 400}
 QUICK_BUDGETS = {"flownets": 6, "mask2former": 6, "mpvss": 3, "segformer": 4, "tv3s": 4}
@@ -131,6 +131,9 @@ def parse_args(argv=None):
     parser.add_argument("--only", choices=PARTS, default=None,
                         help="run one part: mpvss (FlowNetS, Mask2Former, the MPVSS variants) or tv3s "
                              "(SegFormer-B0, TV3S and the control); default both")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        choices=[folder[len("mpvss_"):] for _, folder, _ in VARIANTS.values()],
+                        help="the MPVSS variants to run, by output folder name (default all)")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "synthetic_benchmark"),
                         help="folder of the data and the checkpoints (reused when they exist)")
     parser.add_argument("--json", default=None,
@@ -140,6 +143,8 @@ def parse_args(argv=None):
     budgets, data = (QUICK_BUDGETS, QUICK_DATA) if args.quick else (BUDGETS, DATA)
     args.iters = {s: getattr(args, f"{s}_iters") or budgets[s] for s in BUDGETS}
     args.parts = (args.only,) if args.only else PARTS
+    args.variants = [name for name, (_, folder, _) in VARIANTS.items()
+                     if args.variants is None or folder[len("mpvss_"):] in args.variants]
     args.set = {k: getattr(args, k) or data[k] for k in DATA}
     if args.json is None:
         args.json = os.path.join(args.output if args.quick else os.path.join(REPO, "projects", "results"),
@@ -328,7 +333,7 @@ def run(args):
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                       f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
            "options": {"data": args.data, "seed": args.seed, "quick": args.quick, "iters": args.iters,
-                       "parts": list(args.parts)}}
+                       "parts": list(args.parts), "variants": args.variants}}
     if "mpvss" in args.parts:
         res.update(run_mpvss(args, out, settings, progress))
     if "tv3s" in args.parts:
@@ -374,7 +379,8 @@ def run_mpvss(args, out, settings, progress):
         "GFLOPs": video_gflops(m2f_cfg, per_frame, common, frames=1)[0]})
     res["mpvss"] = {}
     period = max(1, args.iters["mpvss"] // MPVSS_CURVE_POINTS)
-    for name, (variant, folder, options) in VARIANTS.items():
+    for name in args.variants:
+        variant, folder, options = VARIANTS[name]
         config = os.path.join(CONFIGS, f"mpvss_{variant}.yaml")
         if variant == "copy":  # as in the paper: the per-frame weights, nothing to train
             weights, curve = per_frame, []
