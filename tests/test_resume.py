@@ -163,11 +163,8 @@ def max_difference(a, b):
 @pytest.mark.slow
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(datasets_root, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    # long enough that Ctrl-C lands before the end even when a loaded machine delays this
-    # process's polling by seconds (16 iterations once finished before it: 4 s in all)
-    iters = "40"
-    reference = train_net(datasets_root, straight, "SOLVER.MAX_ITER", iters, "DATALOADER.NUM_WORKERS", "2")
-    victim = train_net(datasets_root, interrupted, "SOLVER.MAX_ITER", iters, "DATALOADER.NUM_WORKERS", "2")
+    reference = train_net(datasets_root, straight, "SOLVER.MAX_ITER", "16", "DATALOADER.NUM_WORKERS", "2")
+    victim = train_net(datasets_root, interrupted, "SOLVER.MAX_ITER", "16", "DATALOADER.NUM_WORKERS", "2")
     pointer = interrupted / "last_checkpoint"
     deadline = time.time() + 240
     while not pointer.exists() and victim.poll() is None and time.time() < deadline:
@@ -182,7 +179,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(datasets_root, tmp_path)
     assert len(saved["_trainer"]["optimizer"]["state"]) > 100  # AdamW moments of every parameter
     assert saved["data"]["next_place"] == 2 * (saved["iteration"] + 1)
     # resumed without data workers: the samples do not depend on them
-    out = finish(train_net(datasets_root, interrupted, "SOLVER.MAX_ITER", iters, "DATALOADER.NUM_WORKERS", "0",
+    out = finish(train_net(datasets_root, interrupted, "SOLVER.MAX_ITER", "16", "DATALOADER.NUM_WORKERS", "0",
                            resume=True))
     assert f"Starting training from iteration {saved['iteration'] + 1}" in out
     assert max_difference(final_weights(interrupted), final_weights(straight)) <= 1e-6
