@@ -137,8 +137,11 @@ def train_net(datasets_root, output_dir, *opts, resume=False):
             *TINY, *opts, "OUTPUT_DIR", str(output_dir)]
     os.makedirs(output_dir, exist_ok=True)
     with open(output_dir / f"console{'_resumed' if resume else ''}.txt", "w") as log:
+        # SIGINT back to its default, as under a terminal: a test run started in the background by
+        # a shell without job control inherits SIGINT ignored, and Ctrl-C would never arrive
         proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.log = log.name
     return proc
 
