@@ -69,6 +69,8 @@ VARIANTS = {
     "Query-based flow, pass-through fusion start": (
         "query_flow", "mpvss_query_flow_pass_through", ["MODEL.MOTION.FUSION_INIT", "pass_through"]),
 }
+# --variants names a variant by its output folder without "mpvss_"
+VARIANT_KEYS = {folder[len("mpvss_"):]: name for name, (_, folder, _) in VARIANTS.items()}
 KEY_INTERVALS = (2, 5, 10)
 # training iterations per stage: default (54 min on 2 idle cores in all, measured) and --quick
 # (tv3s: the fine-tuning from the per-frame SegFormer, and the control's)
@@ -131,8 +133,7 @@ def parse_args(argv=None):
     parser.add_argument("--only", choices=PARTS, default=None,
                         help="run one part: mpvss (FlowNetS, Mask2Former, the MPVSS variants) or tv3s "
                              "(SegFormer-B0, TV3S and the control); default both")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        choices=[folder[len("mpvss_"):] for _, folder, _ in VARIANTS.values()],
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANT_KEYS),
                         help="the MPVSS variants to run, by output folder name (default all)")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "synthetic_benchmark"),
                         help="folder of the data and the checkpoints (reused when they exist)")
@@ -143,8 +144,7 @@ def parse_args(argv=None):
     budgets, data = (QUICK_BUDGETS, QUICK_DATA) if args.quick else (BUDGETS, DATA)
     args.iters = {s: getattr(args, f"{s}_iters") or budgets[s] for s in BUDGETS}
     args.parts = (args.only,) if args.only else PARTS
-    args.variants = [name for name, (_, folder, _) in VARIANTS.items()
-                     if args.variants is None or folder[len("mpvss_"):] in args.variants]
+    args.variants = [name for key, name in VARIANT_KEYS.items() if args.variants is None or key in args.variants]
     args.set = {k: getattr(args, k) or data[k] for k in DATA}
     if args.json is None:
         args.json = os.path.join(args.output if args.quick else os.path.join(REPO, "projects", "results"),
