@@ -1,4 +1,5 @@
 """VSSCheckpointer: atomic saves, and MODEL.WEIGHTS that fit the model or fail loudly."""
+import copy
 import logging
 import os
 import pickle
@@ -183,3 +184,93 @@ def test_imagenet_backbone_pkl_with_its_classifier_keys(per_frame, tmp_path, cap
     # the same file cannot serve an evaluation
     with pytest.raises(ValueError, match="sem_seg_head.pixel_decoder"):
         VSSCheckpointer(model).load(str(path))
+
+
+# --- official MPVSS checkpoints -----------------------------------------------------------
+
+# configs/vspw/mpvss/R50.yaml with every width reduced: the parameter names are the R50 config's
+SMALL_R50 = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+             "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+             "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+             "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "32", "MODEL.MOTION.HIDDEN_DIM", "32",
+             "MODEL.MOTION.DIM_FEEDFORWARD", "16", "MODEL.MOTION.ENCODER_CHANNELS", "[8, 16, 16, 16, 16, 32]"]
+
+
+def _release_names(reference_dir):
+    """The release's whole-model state-dict names: its MPVSS module holds backbone, motion (the
+    flow module), sem_seg_head and criterion (O: mask2former/mpvss.py:78-82); backbone, head and
+    criterion named as the upstream Mask2Former R50 checkpoint, the flow module as the release's."""
+    from conftest import read_key_list
+    return (list(read_key_list(reference_dir / "mask2former_keys" / "keys_r50.txt"))
+            + ["motion." + k for k in read_key_list(reference_dir / "mpvss_flow_keys.txt")])
+
+
+def _ours(name):
+    """Where a release tensor lives in this project's model: the flow module and the criterion
+    belong to the temporal head."""
+    if name.startswith("motion."):
+        return "temporal.flow." + name[len("motion."):]
+    return "temporal." + name if name.startswith("criterion.") else name
+
+
+def test_official_mpvss_checkpoint_loads_strictly_with_every_tensor_equal(reference_dir, tmp_path, caplog):
+    from vss.engine import VideoPredictor
+    cfg = setup_cfg(str(REPO / "configs/vspw/mpvss/R50.yaml"), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *SMALL_R50])
+    torch.manual_seed(0)
+    own = build_model(cfg).state_dict()
+    names = _release_names(reference_dir)
+    assert len(names) == len(set(names)) == len(own) and {_ours(n) for n in names} == set(own)
+    assert sum(n.startswith("motion.encoder.") for n in names) == 20
+    assert sum(n.startswith("motion.decoder.") for n in names) == 145
+    # distinct values for every tensor, none equal to a fresh model's (the criterion's class weights too)
+    g = torch.Generator().manual_seed(1)
+    release = {n: torch.randn(own[_ours(n)].shape, generator=g) if own[_ours(n)].is_floating_point()
+               else own[_ours(n)] + 7 for n in names}
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": release, "iteration": 89999}, path)  # as detectron2's trainer saves it
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(path)
+    torch.manual_seed(2)
+    with caplog.at_level(logging.INFO, logger="fvcore.common.checkpoint"):
+        model = VideoPredictor(cfg).model  # the evaluation load: every weight must be in the file
+    loaded = model.state_dict()
+    assert max(float((loaded[_ours(n)].double() - v.double()).abs().max()) for n, v in release.items()) == 0.0
+    assert "names its weights motion.*, criterion.*: loading them as temporal.flow.*, temporal.criterion.*" \
+        in caplog.text
+    assert "does not fit" not in caplog.text and "ignoring" not in caplog.text
+
+    # the same file with a tensor missing, or an extra one, is an error naming the file and the keys
+    del release["motion.decoder.fuse_layer.conv.bias"]
+    release["motion.decoder.extra"] = torch.zeros(1)
+    torch.save({"model": release}, path)
+    with pytest.raises(ValueError, match=r"(?s)checkpoint .*model_final\.pth does not fit.*"
+                                         r"temporal\.flow\.decoder\.fuse_layer\.conv\.bias.*"
+                                         r"temporal\.flow\.decoder\.extra.*reads checkpoints naming its weights "
+                                         r"motion\.\* \(as temporal\.flow\.\*\)"):
+        VSSCheckpointer(model).load(str(path))
+
+
+def test_unknown_layout_names_the_file_and_its_keys(mpvss, tmp_path):
+    path = tmp_path / "foreign.pth"
+    torch.save({"model": {f"module.net.{k}": v for k, v in mpvss.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=r"(?s)checkpoint .*foreign\.pth does not fit the model \(VideoSegmentor\).*"
+                                         r"in the checkpoint but not in the model:\n    net\.backbone\.\*"):
+        VSSCheckpointer(mpvss).load(str(path))
+
+
+def test_motion_weights_read_the_release_prefix(mpvss, tmp_path):
+    from vss.modeling.mpvss.motion_weights import load_motion_weights
+    torch.manual_seed(8)
+    flow = {k[len("temporal.flow."):]: torch.randn_like(v) for k, v in mpvss.state_dict().items()
+            if k.startswith("temporal.flow.")}
+    path = tmp_path / "official.pth"
+    torch.save({"model": {"backbone.stem.conv1.weight": torch.zeros(1), **{f"motion.{k}": v for k, v in flow.items()}}},
+               path)
+    model = copy.deepcopy(mpvss)
+    result = load_motion_weights(model, str(path))
+    assert result["kept"] == [] and result["unused"] == []
+    assert same_weights(model, {f"temporal.flow.{k}": v for k, v in flow.items()})
+    torch.save({"model": {"decode_head.conv_seg.weight": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match=r"official\.pth has no flow-module tensors: expected keys starting with "
+                                         r"one of \('temporal\.flow\.', 'flow\.', 'motion\.'\)"):
+        load_motion_weights(model, str(path))

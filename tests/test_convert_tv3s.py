@@ -190,3 +190,19 @@ def test_files_with_objects_need_trust(tmp_path):
         convert_tv3s.load_state_dict(path)
     with pytest.raises(ValueError, match="must end in .pth or .pkl"):
         convert_tv3s.save(state, str(tmp_path / "model.bin"))
+
+
+def test_options_anywhere_on_the_line_and_overrides_after_the_files(official, tmp_path):
+    src, dst = tmp_path / "official.pth", tmp_path / "converted.pth"
+    # mmseg's meta may hold objects the weights-only loader refuses: --trusted is needed
+    torch.save({"meta": {"args": argparse.Namespace(lr=1)}, "state_dict": official}, src)
+    with pytest.raises(ValueError, match="--trusted"):
+        convert_tv3s.main([str(src), str(dst), "--config-file", B1])
+    convert_tv3s.main([str(src), str(dst), "--trusted", "--config-file", B1])
+    assert len(torch.load(dst)["model"]) == len(official) - 2
+    # overrides reach the config (19 classes: the classifiers no longer fit), options after them too
+    with pytest.raises(ValueError, match=r"of another shape \(4\): sem_seg_head\.linear_pred\.weight"):
+        convert_tv3s.main([str(src), str(dst), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", "--trusted",
+                           "--config-file", B1])
+    # after `--`, a value starting with "-" is a value
+    convert_tv3s.main(["--trusted", str(src), str(dst), "--config-file", B1, "--", "INPUT.SIZE_DIVISIBILITY", "-1"])

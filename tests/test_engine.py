@@ -1,6 +1,9 @@
-"""Config machinery and optimizer construction."""
+"""Config machinery, optimizer construction, initial weights and the trainer's AMP switch."""
+import logging
+
 import pytest
 import torch
+from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -8,7 +11,7 @@ from vss.config import add_vss_config
 from vss.data.datasets import SYNTHETIC_CLASSES
 from vss.data.synthetic import generate
 from conftest import REPO
-from vss.engine import build_optimizer, check_weights, setup_cfg
+from vss.engine import Trainer, build_optimizer, check_weights, setup_cfg
 
 SYNTHETIC = "configs/synthetic"
 
@@ -140,9 +143,57 @@ def test_mpvss_weights_name_the_per_frame_model_to_train_first(in_repo):
     message = _weights_error("configs/vspw/mpvss/R50.yaml")
     assert ("train it first with `.venv/bin/python train_net.py --config-file configs/vspw/mask2former/R50.yaml`"
             in message)
-    # training everything from scratch is allowed
-    cfg = setup_cfg(str(REPO / "configs/vspw/mpvss/R50.yaml"), ["MODEL.VIDEO.TRAINABLE", "[]"])
+    message = _weights_error("configs/vspw/mpvss/R50.yaml", ["MODEL.WEIGHTS", ""])
+    assert message.endswith('(or set MODEL.VIDEO.TRAINABLE "[]" MODEL.ALLOW_RANDOM_INIT True to train everything '
+                            'from scratch)')
+    # training everything from scratch is allowed when asked for
+    cfg = setup_cfg(str(REPO / "configs/vspw/mpvss/R50.yaml"),
+                    ["MODEL.VIDEO.TRAINABLE", "[]", "MODEL.WEIGHTS", "", "MODEL.ALLOW_RANDOM_INIT", "True"])
     check_weights(cfg, str(REPO / "configs/vspw/mpvss/R50.yaml"), training=True)
+
+
+RANDOM_START = 'pass MODEL.WEIGHTS "" MODEL.ALLOW_RANDOM_INIT True'
+
+
+@pytest.mark.parametrize("config,weights,hint", [
+    ("configs/vspw/mask2former/R50.yaml", "output/pretrained/R-50.pkl",
+     "the per-frame Mask2Former starts from an ImageNet backbone: detectron2's R-50.pkl / R-101.pkl or Swin weights "
+     'converted to detectron2\'s format (see projects/MPVSS/README.md, "Initial weights")'),
+    ("configs/cityscapes/mask2former/Swin-T.yaml", "output/pretrained/swin_tiny_patch4_window7_224.pkl",
+     "the per-frame Mask2Former starts from an ImageNet backbone"),
+    ("configs/vspw/tv3s/MiT-B1.yaml", "output/pretrained/mit_b1.pkl",
+     "TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder`"),
+    ("configs/cityscapes/tv3s/MiT-B1.yaml", "output/pretrained/mit_b1.pkl", "TV3S starts from an ImageNet"),
+])
+def test_vspw_and_cityscapes_training_needs_initial_weights(in_repo, config, weights, hint):
+    # the config names the ImageNet checkpoint: missing, it is an error naming it and how to make it
+    message = _weights_error(config)
+    assert message.startswith(f"MODEL.WEIGHTS {weights} does not exist: {hint}")
+    assert message.endswith(f"; to start from random weights instead, {RANDOM_START}")
+    # no weights at all: an error too, unless random weights are asked for
+    message = _weights_error(config, ["MODEL.WEIGHTS", ""])
+    assert message.startswith(f"MODEL.WEIGHTS is empty and {config} sets MODEL.ALLOW_RANDOM_INIT False, so "
+                              f"training would start from random weights: {hint}")
+    assert message.endswith(f"To start from random weights on purpose, {RANDOM_START}")
+    check_weights(setup_cfg(str(REPO / config), ["MODEL.WEIGHTS", "", "MODEL.ALLOW_RANDOM_INIT", "True"]),
+                  str(REPO / config), training=True)
+    # evaluation keeps its own rule: trained weights, whatever ALLOW_RANDOM_INIT says
+    output = setup_cfg(str(REPO / config)).OUTPUT_DIR
+    message = _weights_error(config, training=False)
+    assert message == (f"MODEL.WEIGHTS {weights} does not exist: evaluation needs trained weights: train first "
+                       f"with `.venv/bin/python train_net.py --config-file {config}`, then pass MODEL.WEIGHTS "
+                       f"{output}/model_final.pth")
+    message = _weights_error(config, ["MODEL.WEIGHTS", "", "MODEL.ALLOW_RANDOM_INIT", "True"], training=False)
+    assert message.startswith("MODEL.WEIGHTS is empty, so the model would have random weights: train it first")
+    (in_repo / "trained.pth").write_bytes(b"")
+    check_weights(setup_cfg(str(REPO / config), ["MODEL.WEIGHTS", "trained.pth"]), str(REPO / config), training=False)
+
+
+def test_synthetic_configs_train_from_scratch_silently(in_repo):
+    for config in ("mask2former_tiny.yaml", "segformer_tiny.yaml", "tv3s_tiny.yaml", "flownets_pretrain.yaml"):
+        cfg = setup_cfg(str(REPO / SYNTHETIC / config))
+        assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.ALLOW_RANDOM_INIT
+        check_weights(cfg, str(REPO / SYNTHETIC / config), training=True)
 
 
 def test_evaluation_weights(in_repo):
@@ -166,3 +217,51 @@ def test_evaluation_weights(in_repo):
     check_weights(setup_cfg(config), config, training=True)
     (in_repo / "w.pth").write_bytes(b"")
     check_weights(setup_cfg(config, ["MODEL.WEIGHTS", "w.pth"]), config, training=False)
+
+
+def tiny_amp_cfg(tmp_path):
+    """The tiny synthetic Mask2Former with SOLVER.AMP.ENABLED True, 2 iterations on the CPU."""
+    root = tmp_path / "videos"
+    generate(root, train_videos=1, val_videos=1, frames=2, height=48, width=64)
+    name = f"amp_{tmp_path.name}"  # one registration per test
+    opts = ["DATASETS.FOLDERS", str([[name, str(root), "train"]]), "DATASETS.TRAIN", f"('{name}',)",
+            "DATASETS.TEST", "()", "SOLVER.AMP.ENABLED", "True",
+            "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(32,32)",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64",
+            "DATALOADER.NUM_WORKERS", "0", "SEED", "0", "OUTPUT_DIR", str(tmp_path / "out")]
+    return setup_cfg(str(REPO / SYNTHETIC / "mask2former_tiny.yaml"), opts)
+
+
+def test_amp_config_trains_in_float32_off_cuda(tmp_path, caplog):
+    # The release configs keep SOLVER.AMP.ENABLED True; detectron2's AMPTrainer asserts CUDA.
+    cfg = tiny_amp_cfg(tmp_path)
+    with caplog.at_level(logging.INFO, logger="vss.engine.trainer"):
+        trainer = Trainer(cfg)
+    assert ("SOLVER.AMP.ENABLED is True but the model runs on cpu: training in float32 (AMP needs CUDA)"
+            in caplog.text)
+    assert all(r.levelno == logging.INFO for r in caplog.records if "AMP" in r.getMessage())
+    assert type(trainer._trainer) is SimpleTrainer and cfg.SOLVER.AMP.ENABLED  # the caller's config unchanged
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.iter == 2  # both steps done
+    after = trainer.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("sem_seg_head.") for k in changed) and any(k.startswith("backbone.") for k in changed)
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+def test_an_amp_run_resumes_a_float32_checkpoint(tmp_path, monkeypatch, caplog):
+    # a checkpoint of a CPU run (no gradient-scaler state) resumed where AMP is on: the scaler starts afresh
+    cfg = tiny_amp_cfg(tmp_path)
+    saved = Trainer(cfg).state_dict()
+    assert "grad_scaler" not in saved["_trainer"]
+    monkeypatch.setattr("vss.engine.trainer.without_amp_off_cuda", lambda c: c)  # as on a CUDA machine
+    amp = Trainer(cfg)
+    assert isinstance(amp._trainer, AMPTrainer)
+    scale = amp._trainer.grad_scaler.state_dict()
+    with caplog.at_level(logging.INFO, logger="vss.engine.trainer"):
+        amp.load_state_dict(saved)
+    assert "the checkpoint holds no AMP gradient-scaler state: it starts afresh" in caplog.text
+    assert amp._trainer.grad_scaler.state_dict() == scale  # (without CUDA, the disabled scaler's {})
+    assert amp._trainer.optimizer.state_dict()["param_groups"] == saved["_trainer"]["optimizer"]["param_groups"]

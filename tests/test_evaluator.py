@@ -6,12 +6,15 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from PIL import Image
 
 import vss  # noqa: F401  (registers datasets)
 from vss.data.datasets import register_vspw_layout
+from vss import add_vss_config
+from vss.engine import Trainer
 from vss.evaluation import VSSEvaluator
 
 IGNORE = 255
@@ -178,6 +181,37 @@ def test_hand_computed_two_classes(tmp_path):
     assert res["mVC2"] == pytest.approx(100 * 2 / 3)
     # n=3, N=3: range(0) gives no window.
     assert math.isnan(res["mVC3"])
+
+
+def test_miou_over_classes_in_ground_truth_or_prediction(tmp_path):
+    # 3 classes; class 2 is never in the ground truth but predicted at one labelled pixel and
+    # at one ignore pixel (which counts nowhere).
+    gt = [np.array([[0, 0, 1], [1, 1, IGNORE]]), np.array([[0, 0, 0], [1, 1, 1]])]
+    pred = [np.array([[0, 2, 1], [1, 0, 2]]), np.array([[0, 0, 0], [1, 1, 0]])]
+    name, records = make_dataset(tmp_path, {"v": [g.astype(np.uint8) for g in gt]}, 3)
+    # (gt, pred) over the 11 labelled pixels: (0,0) 4, (0,2) 1, (1,1) 4, (1,0) 2.
+    # IoU-c0 = 4 / (5 + 6 - 4) = 4/7; IoU-c1 = 4 / (6 + 4 - 4) = 2/3; class 2: TP 0, 1 predicted.
+    ours = run(name, records, pred, 3, vc_windows=())
+    release = run(name, records, pred, 3, vc_windows=(), miou_classes="gt_or_pred")
+    assert ours["mIoU"] == pytest.approx(100 * (4 / 7 + 2 / 3) / 2)
+    assert release["mIoU"] == pytest.approx(100 * (4 / 7 + 2 / 3) / 3)
+    # the rest is one definition: ground-truth-weighted WIoU (the release's fwIoU), pACC, per class
+    assert release["WIoU"] == ours["WIoU"] == pytest.approx(100 * (5 / 11 * 4 / 7 + 6 / 11 * 2 / 3))
+    assert release["pACC"] == ours["pACC"] == pytest.approx(100 * 8 / 11)
+    assert math.isnan(release["IoU-c2"]) and math.isnan(ours["IoU-c2"])
+    assert release["IoU-c1"] == ours["IoU-c1"] == pytest.approx(100 * 2 / 3)
+    # a class predicted only on ignore pixels is not averaged over
+    only_on_ignore = [np.array([[0, 0, 1], [1, 1, 2]]), pred[1]]
+    name2, records2 = make_dataset(tmp_path / "b", {"v": [g.astype(np.uint8) for g in gt]}, 3)
+    assert run(name2, records2, only_on_ignore, 3, vc_windows=(), miou_classes="gt_or_pred")["mIoU"] == \
+        pytest.approx(run(name2, records2, only_on_ignore, 3, vc_windows=())["mIoU"])
+    with pytest.raises(ValueError, match="TEST.VSS.MIOU_CLASSES must be one of"):
+        VSSEvaluator(name, miou_classes="pred")
+    cfg = get_cfg()
+    add_vss_config(cfg)
+    assert Trainer.build_evaluator(cfg, name, str(tmp_path))._miou_classes == "gt"
+    cfg.TEST.VSS.MIOU_CLASSES = "gt_or_pred"
+    assert Trainer.build_evaluator(cfg, name, str(tmp_path))._miou_classes == "gt_or_pred"
 
 
 def test_ignore_pixels_excluded_and_stable_ignore_counts_as_identical(tmp_path):

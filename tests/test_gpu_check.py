@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -61,3 +62,80 @@ def test_conv_comparison_runs_with_and_without_state():
     assert result["ok"]
     assert set(result["with_state"]) == {"y", "final_state", "grad_x", "grad_weight", "grad_bias", "grad_initial_state"}
     assert set(result["zero_state"]) == {"y", "final_state", "grad_x", "grad_weight", "grad_bias"}
+
+
+def _fake_prepared(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": 1, "target": {"archs": ["80", "90"], "torch": "2.11.0+cu130", "torch_cuda": "13.0", "python": "3.12"},
+        "packages": {"mamba-ssm": {"version": "2.3.2.post1", "extensions": []}}, "total_seconds": 1.0, "sizes": {}}))
+    return folder
+
+
+def test_gpu_check_refuses_a_kernels_folder_without_manifest(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--kernels", str(tmp_path / "none"),
+                           "--report", str(tmp_path / "report.json")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'none'} has no manifest.json" in proc.stderr
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_gpu_check_with_kernels_and_no_cuda_reports_the_kernel_checks_skipped(tmp_path):
+    folder = _fake_prepared(tmp_path / "kernels")
+    report = tmp_path / "report.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    only = "kernels_finish,mamba,causal,tv3s_streaming,speed_tv3s"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--kernels", str(folder),
+                           "--only", only, "--report", str(report)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result["kernels"]["folder"] == str(folder)
+    assert result["kernels"]["target"]["archs"] == ["80", "90"]
+    assert result["kernels"]["packages"] == {"mamba-ssm": "2.3.2.post1"}
+    assert set(result["checks"]) == {"kernels_finish", "mamba_selective_scan_vs_torch", "causal_conv1d_vs_torch",
+                                     "tv3s_streaming_kernels_vs_torch", "speed_tv3s_mitb1_streaming"}
+    assert all(c == {"status": "skipped", "reason": "no CUDA device"} for c in result["checks"].values())
+
+
+def test_kernels_can_be_switched_off_around_a_model():
+    import gpu_check
+    from vss.modeling.tv3s import scan
+
+    sentinel = object()
+    saved = scan._mamba_selective_scan, scan._causal_conv1d_kernel
+    scan._mamba_selective_scan = scan._causal_conv1d_kernel = lambda: sentinel
+    try:
+        assert gpu_check.kernels_usable()
+        seen = []
+        model = gpu_check.WithoutKernels(torch.nn.Module())
+        model.model.forward = lambda x: seen.append((scan._mamba_selective_scan(), scan._causal_conv1d_kernel())) or x
+        assert model(3) == 3 and seen == [(None, None)]
+        assert scan._mamba_selective_scan() is sentinel  # back after the call
+    finally:
+        scan._mamba_selective_scan, scan._causal_conv1d_kernel = saved
+
+
+def test_a_missing_kernel_is_skipped_unless_the_kernels_were_placed():
+    import gpu_check
+
+    with pytest.raises(gpu_check.Skip, match="not importable"):
+        gpu_check._kernel_missing("vss_no_such_kernel_module", required=False)
+    result = gpu_check._kernel_missing("vss_no_such_kernel_module", required=True)
+    assert result["ok"] is False and "placed by --kernels but is not usable" in result["error"]
+
+
+@pytest.mark.slow
+def test_speed_check_times_the_model_with_and_without_kernels_beside_a_per_frame_model():
+    # the plumbing of the TV3S MiT-B1 speed check, on small frames on the CPU with the tiny configs
+    import gpu_check
+
+    tiny = gpu_check.TINY["tv3s"]
+    result = gpu_check.check_speed({"tv3s": tiny, "per_frame": (tiny, ["MODEL.META_ARCHITECTURE", "SemanticSegmentor"])},
+                                   frames=2, repeats=1, height=64, width=96, device="cpu",
+                                   without_kernels=[("tv3s_torch_scan", "tv3s")])
+    assert {"tv3s", "per_frame", "tv3s_torch_scan"} <= set(result)
+    assert all(result[name]["fps_mean"] > 0 for name in ("tv3s", "per_frame", "tv3s_torch_scan"))
+    assert result["kernels_usable"] is False and result["size"] == "64x96"

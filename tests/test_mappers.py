@@ -7,7 +7,6 @@ to the crop window, the flip and the frame it came from.
 import logging
 import os
 import uuid
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,10 +19,10 @@ from PIL import Image
 import vss  # noqa: F401  (registers the built-in datasets)
 from vss import add_vss_config
 from vss.data.augment import PhotometricDistortion, PhotometricTransform, augment_frames
+from vss.data.clips import release_test_clip
 from vss.data.datasets import register_vspw_layout
 from vss.data.mappers import ClipMapper, FrameMapper, PairMapper, mask2former_targets
 from vss.data.video import group_by_video
-from vss.modeling.tv3s.head import StateSpaceSharing
 
 H, W = 40, 64
 NUM_CLASSES = 8
@@ -307,6 +306,54 @@ def test_pair_gap_bounds(small_video):
         mapper(records[0])
 
 
+def release_pair_probabilities(length, max_gap):
+    """P(target, key) of the MPVSS release's draw on a fully labelled video of `length` frames:
+    a frame uniformly, a partner uniformly among the frames at most max_gap away, the later
+    one the target (O: mask_former_video_semantic_dataset_mapper.py:137-145)."""
+    probs = {}
+    for cur in range(length):
+        near = [f for f in range(max(0, cur - max_gap), min(length, cur + max_gap + 1)) if f != cur]
+        for other in near:
+            pair = (max(cur, other), min(cur, other))
+            probs[pair] = probs.get(pair, 0.0) + 1.0 / length / len(near)
+    return probs
+
+
+def test_pair_window_draw_is_the_releases(tmp_path):
+    frames = {"v": [np.full((4, 4, 3), 10 * k + 5, np.uint8) for k in range(14)]}
+    labels = {"v": {k: np.full((4, 4), k % NUM_CLASSES, np.uint8) for k in range(14)}}
+    _, records, videos = make_dataset(tmp_path, frames, labels)
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=4, draw="window")
+    np.random.seed(0)
+    n = 6000
+    counts = {}
+    for _ in range(n):
+        out = mapper(records[7])  # the record only names its video
+        pair = (out["frame_idx"], out["key_frame_idx"])
+        counts[pair] = counts.get(pair, 0) + 1
+        assert (out["image"] == 10 * pair[0] + 5).all() and (out["key_image"] == 10 * pair[1] + 5).all()
+        assert (out["sem_seg"] == pair[0] % NUM_CLASSES).all()
+    expected = release_pair_probabilities(14, 4)
+    assert set(counts) == set(expected)  # every pair the release draws, and no other
+    for pair, p in expected.items():
+        assert abs(counts[pair] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, pair
+    # near the ends the draw is not "target"'s: frame 0 is never a target, frame 1's key is always 0
+    assert all(t > 0 for t, _ in counts) and {k for t, k in counts if t == 1} == {0}
+
+
+def test_pair_window_draw_needs_two_labelled_frames_within_the_gap(small_video):
+    _, records, videos = small_video  # even frames labelled: 2 apart
+    with pytest.raises(ValueError, match="PAIR_DRAW 'window': 1 training video.*PAIR_MAX_GAP=1: vid"):
+        kwargs_mapper(PairMapper, [], videos=videos, max_gap=1, draw="window")
+    mapper = kwargs_mapper(PairMapper, [], videos=videos, max_gap=2, draw="window")
+    np.random.seed(1)
+    for _ in range(50):
+        out = mapper(records[0])
+        assert out["frame_idx"] % 2 == 0 and out["frame_idx"] - out["key_frame_idx"] == 2
+    with pytest.raises(ValueError, match="PAIR_DRAW must be one of"):
+        kwargs_mapper(PairMapper, [], videos=videos, max_gap=2, draw="nearest")
+
+
 @pytest.fixture
 def gappy_video(small_video):
     """small_video with frames 5..8 deleted before loading: frame_idx 0-4 and 9-14."""
@@ -460,13 +507,166 @@ def test_training_mapper_needs_class_metadata():
         FrameMapper(cfg, is_train=True)
 
 
-def test_clip_frames_agree_with_the_streaming_tv3s_head(gappy_video):
-    # Training clips must show the model what streaming inference will feed it, gaps included.
+def test_clip_frames_agree_with_the_tv3s_clip_test(gappy_video):
+    # One rule (vss.data.clips): once a frame has the full reach of the offsets behind it, the
+    # training clip is the clip the TV3S clip test feeds the scan, gaps included.
     records, videos = gappy_video
     offsets = [-9, -6, -3, 0]
     mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=offsets)
-    head = SimpleNamespace(clip_offsets=offsets)
+    frames = [r["frame_idx"] for r in records]
+    compared = 0
     for record in records:
         t = record["frame_idx"]
-        stored = tuple((r["frame_idx"], r["frame_idx"]) for r in records if r["frame_idx"] <= t)
-        assert mapper.frame_indices(record, mapper.video_frames(record)) == StateSpaceSharing._clip(head, stored, t)
+        if t < 9:
+            continue
+        compared += 1
+        _, indices = mapper.draw_clip(record)
+        assert indices == release_test_clip(t, offsets, frames, first=0)
+    assert compared == 6
+
+
+# ---- the TV3S release's clip targets (INPUT.VIDEO.CLIP_TARGETS "full_context") ----------------
+
+def release_training_clips(n):
+    """Every clip the release's VSPW training draws from an n-frame video (all frames labelled):
+    targets 9..n-1 of the list in play direction, context t-9, t-6, t-3 of that list
+    (O: utils/datasets/custom.py:1954-1963), in original frame numbers."""
+    clips = set()
+    for order in (list(range(n)), list(range(n))[::-1]):
+        for t in range(9, n):
+            clips.add(tuple(order[t + d] for d in (-9, -6, -3, 0)))
+    return clips
+
+
+@pytest.fixture
+def labelled_video(tmp_path):
+    """15 frames of 8x8, every one labelled; B = 10k+5."""
+    frames = {"vid": [np.full((8, 8, 3), 10 * k + 5, np.uint8) for k in range(15)]}
+    labels = {"vid": {k: np.full((8, 8), k % NUM_CLASSES, np.uint8) for k in range(15)}}
+    return make_dataset(tmp_path, frames, labels)
+
+
+def test_full_context_targets_are_the_releases(labelled_video):
+    _, records, videos = labelled_video
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-9, -6, -3, 0], reverse_prob=0.5,
+                           targets="full_context")
+    np.random.seed(0)
+    drawn, targets = [], []
+    for i in range(400):
+        out = mapper(records[i % 15])  # the record only names the video
+        indices = tuple(out["frame_indices"])
+        drawn.append(indices)
+        targets.append(out["frame_idx"])
+        assert out["frame_idx"] == indices[-1] and out["file_name"] == records[indices[-1]]["file_name"]
+        for k, image, sem_seg in zip(indices, out["images"], out["sem_segs"]):
+            assert (image == 10 * k + 5).all() and (sem_seg == k % NUM_CLASSES).all()
+    # Exactly the release's 12 clips, none clamped or repeated, each direction about half the time.
+    assert set(drawn) == release_training_clips(15)
+    assert all(len(set(c)) == 4 for c in drawn)
+    forward = sum(c[0] < c[-1] for c in drawn)
+    assert 160 < forward < 240
+    # Targets: 9..14 forwards, 0..5 backwards; frames 6..8 are never a target.
+    assert set(targets) == set(range(6)) | set(range(9, 15))
+
+
+def test_all_targets_keeps_the_record_and_clamps(labelled_video):
+    _, records, videos = labelled_video
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-9, -6, -3, 0])
+    out = mapper(records[4])
+    assert out["frame_indices"] == [0, 0, 1, 4] and out["frame_idx"] == 4
+
+
+def test_full_context_direction_without_targets_gives_way(tmp_path):
+    # Only frames 0..3 are labelled: forwards none has 9 frames before it, so every clip plays backwards.
+    frames = {"vid": [np.full((8, 8, 3), 10 * k + 5, np.uint8) for k in range(15)]}
+    labels = {"vid": {k: np.zeros((8, 8), np.uint8) for k in range(4)}}
+    _, records, videos = make_dataset(tmp_path, frames, labels)
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-9, -6, -3, 0], reverse_prob=0.5,
+                           targets="full_context")
+    np.random.seed(1)
+    clips = {tuple(mapper(records[0])["frame_indices"]) for _ in range(60)}
+    assert clips == {(t + 9, t + 6, t + 3, t) for t in range(4)}
+    with pytest.raises(ValueError, match=r"CLIP_TARGETS 'full_context': 1 training video\(s\).*vid"):
+        kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-9, -6, -3, 0], reverse_prob=0.0,
+                      targets="full_context")
+    with pytest.raises(ValueError, match="CLIP_TARGETS must be one of"):
+        kwargs_mapper(ClipMapper, [], videos=videos, offsets=[0], targets="every")
+
+
+def test_full_context_on_a_cityscapes_snippet(tmp_path):
+    # 30 frames, only the 20th (frame 19) labelled, never reversed: the release's one clip.
+    frames = {"seq": [np.full((8, 8, 3), k, np.uint8) for k in range(30)]}
+    _, records, videos = make_dataset(tmp_path, frames, {"seq": {19: np.zeros((8, 8), np.uint8)}})
+    mapper = kwargs_mapper(ClipMapper, [], videos=videos, offsets=[-9, -6, -3, 0], reverse_prob=0.0,
+                           targets="full_context")
+    np.random.seed(0)
+    assert {tuple(mapper(records[19])["frame_indices"]) for _ in range(10)} == {(10, 13, 16, 19)}
+
+
+# ---- per-frame colour distortion, pad value and pad size ---------------------------------------
+
+def test_color_distortion_per_frame_values(tmp_path):
+    img = np.random.RandomState(0).randint(0, 256, (16, 16, 3)).astype(np.uint8)
+    labels = [np.zeros((16, 16), np.uint8)] * 3
+    per_frame = PhotometricDistortion("RGB", prob=1.0, per_frame=True)
+    np.random.seed(7)
+    out, _, tfms = augment_frames([per_frame], [img] * 3, labels, anchor=2)
+    # The anchor draws first, then each other frame in order.
+    np.random.seed(7)
+    anchor = per_frame.get_transform(img)
+    expected = [per_frame.get_transform(img).apply_image(img) for _ in range(2)] + [anchor.apply_image(img)]
+    for got, want in zip(out, expected):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(out[0], out[1]) and not np.array_equal(out[1], out[2])
+    assert tfms.transforms[0].brightness == anchor.brightness
+    # One draw shared by the whole sample without per_frame (the default).
+    shared = PhotometricDistortion("RGB", prob=1.0)
+    out, _, _ = augment_frames([shared], [img] * 3, labels, anchor=2)
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
+
+
+def test_color_aug_per_frame_key_keeps_geometry_shared(coord_video):
+    name, records, videos = coord_video
+    cfg = make_cfg(name, COLOR_AUG_SSD=True, RANDOM_FLIP="horizontal",
+                   **{"CROP.ENABLED": True, "CROP.TYPE": "absolute", "CROP.SIZE": [24, 32],
+                      "VIDEO.COLOR_AUG_PER_FRAME": True, "VIDEO.CLIP_OFFSETS": [-2, -1, 0]})
+    mapper = ClipMapper(cfg, videos=videos)
+    assert [a.per_frame for a in mapper.augmentations if isinstance(a, PhotometricDistortion)] == [True]
+    np.random.seed(3)
+    differ = 0
+    for _ in range(20):
+        out = mapper(records[11])
+        # The label follows one crop and flip for every frame.
+        assert all(torch.equal(s, out["sem_segs"][-1]) for s in out["sem_segs"])
+        # Identical coordinate content but separate colour draws: channel 0 differs between frames.
+        differ += not torch.equal(out["images"][0][0], out["images"][1][0])
+    assert differ >= 10
+
+
+def test_pad_with_the_mean_pixel_is_zero_after_normalisation(coord_video):
+    name, records, _ = coord_video
+    cfg = make_cfg(name, SIZE_DIVISIBILITY=32, PAD_VALUE="mean")
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    out = FrameMapper(cfg, is_train=True)(records[0])
+    image, sem_seg = out["image"], out["sem_seg"]
+    assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
+    np.testing.assert_array_equal(image[:, :H].numpy().transpose(1, 2, 0), coord_frame(0))
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]
+    normalised = (image - mean) / torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
+    assert (normalised[:, H:] == 0).all()  # exactly, as mmseg's Pad after Normalize
+    assert (sem_seg[H:] == 255).all()
+    with pytest.raises(ValueError, match="INPUT.PAD_VALUE must be one of"):
+        FrameMapper(make_cfg(name, PAD_VALUE="grey"), is_train=True)
+
+
+def test_pad_to_crop_size(coord_video):
+    name, records, _ = coord_video
+    cfg = make_cfg(name, PAD_TO_CROP=True, MIN_SIZE_TRAIN=(20,),
+                   **{"CROP.ENABLED": True, "CROP.TYPE": "absolute", "CROP.SIZE": [24, 48]})
+    out = FrameMapper(cfg, is_train=True)(records[0])  # resized to 20x32, cropped to 20x32
+    assert out["image"].shape == (3, 24, 48) and out["sem_seg"].shape == (24, 48)
+    assert (out["image"][:, 20:] == 0).all() and (out["image"][:, :, 32:] == 0).all()
+    assert (out["sem_seg"][20:] == 255).all() and (out["sem_seg"][:, 32:] == 255).all()
+    assert (out["sem_seg"][:20, :32] != 255).all()
+    with pytest.raises(ValueError, match="PAD_TO_CROP pads to an absolute crop size"):
+        FrameMapper(make_cfg(name, PAD_TO_CROP=True), is_train=True)

@@ -109,6 +109,87 @@ def test_warp_rejects_mismatched_shapes():
         warp_masks(torch.zeros(3, 4, 4), torch.zeros(1, 3, 2, 4, 4))
 
 
+def release_warp(masks, flow):
+    """The release's warp restated from its definition (OFFICIAL_CODE_FACTS 1.5), in float64,
+    one (h, w) map at a time: flow resized by s = w / wf (bilinear, half-pixel centres, source
+    index clamped at 0) and scaled by s on both axes; the sample for pixel (x, y) is at
+    (x + dx) (w - 1) / w, (y + dy) (h - 1) / h, clamped into the frame, bilinear."""
+    h, w = masks.shape[-2:]
+    hf, wf = flow.shape[-2:]
+    s = w / wf
+
+    def resize(n_out, n_in):  # (n_out, n_in) bilinear weights
+        a = torch.zeros(n_out, n_in, dtype=torch.float64)
+        for i in range(n_out):
+            src = max((i + 0.5) / s - 0.5, 0.0)
+            i0 = int(src)
+            i1 = min(i0 + 1, n_in - 1)
+            a[i, i0] += 1 - (src - i0)
+            a[i, i1] += src - i0
+        return a
+
+    up = resize(h, hf) @ flow.double() @ resize(w, wf).T * s
+    px = ((torch.arange(w).view(1, w) + up[0]) * (w - 1) / w).clamp(0, w - 1)
+    py = ((torch.arange(h).view(h, 1) + up[1]) * (h - 1) / h).clamp(0, h - 1)
+    x0, y0 = px.floor().long(), py.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    ax, ay = px - x0, py - y0
+    m = masks.double()
+    return ((1 - ay) * ((1 - ax) * m[y0, x0] + ax * m[y0, x1])
+            + ay * ((1 - ax) * m[y1, x0] + ax * m[y1, x1]))
+
+
+@pytest.mark.parametrize("mask_size,flow_size", [
+    ((24, 32), (12, 16)),  # a 90x120 frame padded to 96x128: masks at 1/4, flow at 1/8
+    ((12, 20), (6, 10)),   # non-square
+    ((16, 36), (4, 9)),    # s = 4
+])
+def test_release_warp_is_the_release_formula(mask_size, flow_size):
+    g = torch.Generator().manual_seed(sum(mask_size))
+    masks = torch.randn(2, 3, 2, *mask_size, generator=g, dtype=torch.float64) * 10
+    flow = torch.randn(2, 3, 2, *flow_size, generator=g, dtype=torch.float64) * 3  # some samples leave the frame
+    out = warp_masks(masks, flow, "release")
+    for b in range(2):
+        for q in range(3):
+            for p in range(2):
+                assert torch.allclose(out[b, q, p], release_warp(masks[b, q, p], flow[b, q]), atol=1e-10, rtol=0)
+    # float32 (as the model runs it) agrees to round-off
+    out32 = warp_masks(masks.float(), flow.float(), "release")
+    assert out32.dtype == torch.float32 and torch.allclose(out32.double(), out, atol=1e-3)
+    assert not torch.allclose(out, warp_masks(masks, flow, "exact"), atol=1e-2)
+
+
+def test_release_warp_moves_masks_even_at_zero_flow():
+    masks = torch.randn(1, 2, 12, 20, dtype=torch.float64) * 10
+    zero = torch.zeros(1, 2, 2, 6, 10, dtype=torch.float64)
+    assert torch.equal(warp_masks(masks, zero, "exact"), masks)
+    out = warp_masks(masks, zero, "release")
+    # pixel (x, y) samples (x * 19 / 20, y * 11 / 12): the first row and column stay, the rest move
+    assert torch.allclose(out[..., 0, 0], masks[..., 0, 0])
+    x, y = 19 * 19 / 20, 11 * 11 / 12  # where the last pixel samples
+    m = masks[..., int(y):int(y) + 2, int(x):int(x) + 2]
+    ax, ay = x - int(x), y - int(y)
+    expected = ((1 - ay) * ((1 - ax) * m[..., 0, 0] + ax * m[..., 0, 1])
+                + ay * ((1 - ax) * m[..., 1, 0] + ax * m[..., 1, 1]))
+    assert torch.allclose(out[..., -1, -1], expected)
+    assert (out - masks).abs().max() > 1
+
+
+def test_release_warp_needs_one_scale_for_both_axes():
+    with pytest.raises(ValueError, match="MODEL.MPVSS.WARP 'release'.*does not cover the 12x20 masks"):
+        warp_masks(torch.zeros(1, 1, 12, 20), torch.zeros(1, 1, 2, 5, 10), "release")
+    with pytest.raises(ValueError, match="MODEL.MPVSS.WARP must be one of"):
+        warp_masks(torch.zeros(1, 1, 12, 20), torch.zeros(1, 1, 2, 6, 10), "mmtrack")
+
+
+def test_release_warp_shared_flow_and_gradients():
+    masks = torch.randn(1, 3, 2, 6, 8, dtype=torch.float64, requires_grad=True)
+    flow = (torch.rand(1, 1, 2, 3, 4, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    shared = warp_masks(masks, flow, "release")
+    assert torch.allclose(shared, warp_masks(masks, flow.expand(-1, 3, -1, -1, -1), "release"))
+    assert torch.autograd.gradcheck(lambda m, f: warp_masks(m, f, "release"), (masks, flow))
+
+
 # ---------------------------------------------------------------------------- key frames
 
 
@@ -233,10 +314,10 @@ def segmentor_parts(cfg):
     return backbone, build_sem_seg_head(cfg, backbone.output_shape())
 
 
-def mpvss(cfg, parts, flow, interval=5, adaptive=False, max_open=2, trainable=()):
+def mpvss(cfg, parts, flow, interval=5, adaptive=False, max_open=2, trainable=(), warp="exact"):
     backbone, head = copy.deepcopy(parts)
     temporal = MaskPropagation(flow=flow, criterion=build_criterion(cfg),
-                               policy=KeyFramePolicy(interval, adaptive, 0.99))
+                               policy=KeyFramePolicy(interval, adaptive, 0.99), warp=warp)
     return VideoSegmentor(backbone=backbone, sem_seg_head=head, temporal=temporal,
                           pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
                           size_divisibility=32, max_open_videos=max_open, trainable=trainable)
@@ -297,6 +378,16 @@ def test_zero_flow_on_the_same_image_reproduces_the_key_output(cfg, segmentor_pa
     for flow in (ConstantFlow(0.0, 0.0), None):  # zero flow, and the "copy" variant
         out = run(mpvss(cfg, segmentor_parts, flow, interval=5).eval(), same)
         assert torch.allclose(out[1], out[0], atol=1e-6) and torch.allclose(out[2], out[0], atol=1e-6)
+
+
+def test_the_release_warp_moves_the_key_prediction_even_at_zero_flow(cfg, segmentor_parts, monkeypatch):
+    frame = video("a", 1, 0)[0]
+    same = [frame, dict(frame, frame_idx=1)]
+    warps = []
+    monkeypatch.setattr(propagation, "warp_masks", lambda m, f, mode: warps.append(mode) or warp_masks(m, f, mode))
+    out = run(mpvss(cfg, segmentor_parts, ConstantFlow(0.0, 0.0), warp="release").eval(), same)
+    assert warps == ["release"]
+    assert not torch.allclose(out[1], out[0], atol=1e-3)
 
 
 def test_flow_moves_the_key_prediction(cfg, segmentor_parts):
@@ -466,3 +557,11 @@ def test_bad_mpvss_keys_are_errors():
         build_from("configs/synthetic/mpvss_copy.yaml", ["MODEL.MPVSS.PROPAGATION", "warp"])
     with pytest.raises(ValueError, match="MODEL.MPVSS.KEY_POLICY"):
         build_from("configs/synthetic/mpvss_copy.yaml", ["MODEL.MPVSS.KEY_POLICY", "sometimes"])
+    with pytest.raises(ValueError, match="MODEL.MPVSS.WARP must be one of"):
+        build_from("configs/synthetic/mpvss_copy.yaml", ["MODEL.MPVSS.WARP", "mmtrack"])
+
+
+def test_warp_key_reaches_the_model():
+    assert build_from("configs/synthetic/mpvss_query_flow.yaml", ["MODEL.WEIGHTS", ""]).temporal.warp == "exact"
+    model = build_from("configs/synthetic/mpvss_query_flow.yaml", ["MODEL.WEIGHTS", "", "MODEL.MPVSS.WARP", "release"])
+    assert model.temporal.warp == "release"

@@ -370,3 +370,28 @@ def test_query_for_pf_warps_with_query_aware_pixel_flow():
 def test_decoder_parts_validation():
     with pytest.raises(ValueError, match="query_flow needs attend"):
         MotionDecoder(level_channels=(8, 8, 16, 16, 32), attend=False, pixel_flow=True, query_flow=True)
+
+
+def test_initial_weights_are_the_releases_at_the_same_seed(reference_dir):
+    """The release's own constructor, run after torch.manual_seed(s) at a small config
+    (tests/data/official/generate/mpvss_init.py), against ours at the same seed and sizes:
+    every tensor equal, so training from a seed starts where the release's does (its motion
+    decoder builds layer i's self-attention and FFN before layer i + 1's)."""
+    fixture = torch.load(reference_dir / "official" / "mpvss_init_order.pt", map_location="cpu", weights_only=True)
+    s = fixture["settings"]
+    planes = s["ENCODER_INPLANES"]
+    sizes = dict(num_queries=s["NUM_FLOW_QUERIES"], hidden_dim=s["HIDDEN_DIM"], nheads=s["NHEADS"],
+                 dim_feedforward=s["DIM_FEEDFORWARD"], decoder_layers=s["DECODER_LAYERS"],
+                 encoder_channels=(*planes[1:], 2 * planes[-1]))
+    assert list(sizes["encoder_channels"][3:]) == s["IN_CHANNELS"]
+    for seed in fixture["seeds"]:
+        torch.manual_seed(seed)
+        state = FlowEstimator(**sizes).state_dict()
+        assert "\n".join(state) == fixture["names"]
+        assert [list(v.shape) for v in state.values()] == fixture["shapes"]
+        stats = torch.tensor([[float(v.double().sum()), float(v.double().abs().sum())] for v in state.values()],
+                             dtype=torch.float64)
+        ends = torch.stack([torch.cat([v.flatten()[:2], v.flatten()[-2:]]) for v in state.values()])
+        differ = [n for n, a, b, c, d in zip(state, stats, fixture["stats"][seed], ends, fixture["ends"][seed])
+                  if not (torch.allclose(a, b, rtol=1e-9, atol=1e-9) and torch.equal(c, d))]
+        assert differ == [], f"seed {seed}: {len(differ)} of {len(state)} tensors differ, e.g. {differ[:3]}"

@@ -248,7 +248,8 @@ def test_frame_plans_name_the_kinds_of_frames():
     plan = frame_plan(_tiny(TV3S_TINY)[0])
     assert plan.kinds == {1: "streaming step"} and plan.period == (1,)
     assert [plan.same_as(i) for i in range(4)] == [None, 1, 1, 1]
-    assert frame_plan(_tiny(TV3S_TINY, "MODEL.TV3S.INFERENCE", "clip")[0]).kinds == {0: "frame"}
+    clip = frame_plan(_tiny(TV3S_TINY, "MODEL.TV3S.INFERENCE", "clip")[0])  # offsets [-3, -2, -1, 0]
+    assert clip.kinds == {3: "clip frame"} and [clip.same_as(i) for i in range(5)] == [None, None, None, 3, 3]
 
     class Other(nn.Module):
         temporal = nn.Identity()

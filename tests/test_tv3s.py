@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from vss.engine import setup_cfg
 from vss.modeling import VideoSegmentor
 from vss.modeling.backbone.mit import MiT
-from vss.modeling.segformer_head import SegFormerHead
+from vss.modeling.segformer_head import FuseConv, LevelEmbed, SegFormerHead
 from vss.modeling.tv3s import (
     Mamba, MambaBlock, MambaState, RMSNorm, ShiftedWindowMamba, StateSpaceSharing, StreamState, mamba_map_size,
     merge, partition, window_groups,
@@ -277,13 +278,14 @@ def test_full_size_models(config, params, head_params):
 # ---- the head in VideoSegmentor -----------------------------------------------------------
 
 def tiny_model(inference="stream", clip_offsets=(-9, -6, -3, 0), drop_path=0.0, max_open=2,
-               temporal_loss_frames="last"):
+               temporal_loss_frames="last", aux_loss_frames="all", loss_average="valid"):
     torch.manual_seed(0)
     backbone = MiT(embed_dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), drop_path_rate=0.0)
-    head = SegFormerHead(backbone.output_shape(), num_classes=3, embed_dim=16, norm="BN")
+    head = SegFormerHead(backbone.output_shape(), num_classes=3, embed_dim=16, norm="BN", loss_average=loss_average)
     temporal = StateSpaceSharing(num_classes=3, embed_dim=16, window_size=4, shift=2, num_blocks=1, d_state=4,
                                  drop_path=drop_path, inference=inference, clip_offsets=clip_offsets,
-                                 temporal_loss_frames=temporal_loss_frames)
+                                 temporal_loss_frames=temporal_loss_frames, aux_loss_frames=aux_loss_frames,
+                                 loss_average=loss_average)
     model = VideoSegmentor(backbone=backbone, sem_seg_head=head, temporal=temporal, pixel_mean=[128.0] * 3,
                            pixel_std=[64.0] * 3, size_divisibility=32, max_open_videos=max_open)
     # BN with non-trivial running statistics, as after training
@@ -340,8 +342,8 @@ def test_clip_mode_predicts_each_frame_from_a_fresh_clip():
     frames = video("a", 7, 0)
     streamed = stream(model, frames)
     with torch.no_grad():
-        for k in (0, 2, 6):
-            clip = [frames[max(k + o, 0)] for o in offsets]  # clamped at the video's start
+        for k in (4, 6):  # frames 0..3, before the offsets fit: the per-frame head (tests/test_tv3s_clip_test.py)
+            clip = [frames[k + o] for o in offsets]
             expected = model.temporal.infer_clip(model, clip)[-1]["sem_seg"]
             assert (streamed[k] - expected).abs().max() <= 1e-4
     kept = [i for i, _ in model.states.get("a", 7).frames]
@@ -374,9 +376,14 @@ def clip_batch(n_clips=2, frames=3, size=(64, 96), seed=0):
     return batch
 
 
-@pytest.mark.parametrize("temporal_loss_frames", ["last", "all"])
-def test_loss_weights_and_frames_by_value(temporal_loss_frames):
-    model = tiny_model(temporal_loss_frames=temporal_loss_frames).train()
+@pytest.mark.parametrize("temporal_loss_frames,aux_loss_frames,loss_average", [
+    ("last", "all", "valid"), ("all", "all", "valid"), ("last", "last", "valid"),
+    ("last", "all", "all"),  # the VSPW release
+    ("last", "last", "all"),  # the Cityscapes release
+])
+def test_loss_weights_and_frames_by_value(temporal_loss_frames, aux_loss_frames, loss_average):
+    model = tiny_model(temporal_loss_frames=temporal_loss_frames, aux_loss_frames=aux_loss_frames,
+                       loss_average=loss_average).train()
     aux_bias, temporal_bias = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 3.0])
     with torch.no_grad():
         model.sem_seg_head.linear_pred.weight.zero_()
@@ -388,14 +395,18 @@ def test_loss_weights_and_frames_by_value(temporal_loss_frames):
     assert set(losses) == {"loss_sem_seg_aux", "loss_sem_seg"}
 
     def mean_ce(bias, labels):
+        """Sum of the CE over the labelled pixels / the labelled pixels, or / all pixels
+        (mmseg 0.11: one mean over every pixel of every supervised frame)."""
         labels = torch.cat([x.flatten() for x in labels])
-        labels = labels[labels != 255]
-        return (torch.logsumexp(bias, 0) - bias[labels]).mean().item()
+        valid = labels[labels != 255]
+        total = (torch.logsumexp(bias, 0) - bias[valid]).sum().item()
+        return total / (len(labels) if loss_average == "all" else len(valid))
 
     every_frame = [label for x in batch for label in x["sem_segs"]]
     last_frames = [x["sem_segs"][-1] for x in batch]
     supervised = every_frame if temporal_loss_frames == "all" else last_frames
-    assert losses["loss_sem_seg_aux"].item() == pytest.approx(0.5 * mean_ce(aux_bias, every_frame), rel=1e-5)
+    aux_supervised = every_frame if aux_loss_frames == "all" else last_frames
+    assert losses["loss_sem_seg_aux"].item() == pytest.approx(0.5 * mean_ce(aux_bias, aux_supervised), rel=1e-5)
     assert losses["loss_sem_seg"].item() == pytest.approx(1.0 * mean_ce(temporal_bias, supervised), rel=1e-5)
 
 
@@ -427,9 +438,90 @@ def test_all_frames_loss_supervises_each_frame_with_its_own_prediction():
     assert losses["loss_sem_seg"].item() == pytest.approx(temporal.temporal_weight * total / count, rel=1e-4)
 
 
-def test_temporal_loss_frames_is_checked():
-    with pytest.raises(ValueError, match="TEMPORAL_LOSS_FRAMES"):
-        StateSpaceSharing(num_classes=3, embed_dim=16, window_size=4, shift=2, temporal_loss_frames="first")
+@pytest.mark.parametrize("option,key", [
+    ({"temporal_loss_frames": "first"}, "MODEL.TV3S.TEMPORAL_LOSS_FRAMES"),
+    ({"aux_loss_frames": "first"}, "MODEL.TV3S.AUX_LOSS_FRAMES"),
+    ({"loss_average": "mean"}, "MODEL.SEM_SEG_HEAD.LOSS_AVERAGE"),
+    ({"predictor_init": "zeros"}, "MODEL.SEM_SEG_HEAD.PREDICTOR_INIT"),
+])
+def test_loss_and_init_options_are_checked(option, key):
+    with pytest.raises(ValueError, match=key):
+        StateSpaceSharing(num_classes=3, embed_dim=16, window_size=4, shift=2, **option)
+
+
+def test_segformer_head_loss_average_by_value():
+    torch.manual_seed(0)
+    backbone = MiT(embed_dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), drop_path_rate=0.0)
+    features = backbone(torch.randn(2, 3, 32, 48))
+    targets = torch.randint(0, 3, (2, 32, 48))
+    targets[0, :, :20] = 255
+    bias = torch.tensor([1.0, -1.0, 0.5])
+    losses = {}
+    for average in ("valid", "all"):
+        head = SegFormerHead(backbone.output_shape(), num_classes=3, embed_dim=16, norm="BN", loss_weight=2.0,
+                             loss_average=average).train()
+        with torch.no_grad():
+            head.linear_pred.weight.zero_()
+            head.linear_pred.bias.copy_(bias)
+        losses[average] = head(features, targets)[1]["loss_sem_seg"].item()
+    valid = targets[targets != 255]
+    total = (torch.logsumexp(bias, 0) - bias[valid]).sum().item()
+    assert losses["valid"] == pytest.approx(2.0 * total / valid.numel(), rel=1e-5)
+    assert losses["all"] == pytest.approx(2.0 * total / targets.numel(), rel=1e-5)  # mmseg 0.11: ignored pixels count
+
+
+def test_release_init_keeps_the_pytorch_defaults():
+    kwargs = dict(num_classes=5, embed_dim=16, window_size=4, shift=2, num_blocks=2, d_state=4)
+    torch.manual_seed(3)
+    release = StateSpaceSharing(predictor_init="pytorch", rescale_out_proj=False, **kwargs)
+    torch.manual_seed(3)
+    ours = StateSpaceSharing(**kwargs)
+    torch.manual_seed(3)
+    plain_vs = ShiftedWindowMamba(16, 4, window_size=4, shift=2, d_state=4, rescale_out_proj=False)
+    plain_conv = torch.nn.Conv2d(16, 5, 1)
+    assert all(torch.equal(a, b) for a, b in zip(release.vs.state_dict().values(), plain_vs.state_dict().values()))
+    # nn.Conv2d's init: weights and bias uniform in +-1/sqrt(16)
+    assert torch.equal(release.linear_pred2.weight, plain_conv.weight)
+    assert torch.equal(release.linear_pred2.bias, plain_conv.bias) and release.linear_pred2.bias.abs().max() > 0.1
+    # ours: out_proj / sqrt(4 layers), N(0, 0.01) classifier with zero bias
+    for a, b in zip(release.vs.layers, ours.vs.layers):
+        assert torch.allclose(a.mixer.out_proj.weight, 2.0 * b.mixer.out_proj.weight)
+        assert torch.equal(a.mixer.in_proj.weight, b.mixer.in_proj.weight)
+    assert ours.linear_pred2.weight.abs().max() < 0.05 and not ours.linear_pred2.bias.any()
+
+    torch.manual_seed(4)
+    shapes = {"res2": ShapeSpec(channels=8, stride=4)}
+    head = SegFormerHead(shapes, num_classes=5, embed_dim=16, predictor_init="pytorch")
+    torch.manual_seed(4)
+    LevelEmbed(8, 16), FuseConv(16, 16, "BN")
+    assert torch.equal(head.linear_pred.weight, torch.nn.Conv2d(16, 5, 1).weight)
+
+
+@pytest.mark.parametrize("config,lr,wd,iters,batch,aux_frames", [
+    # the releases' configs (projects/TV3S/README.md, recipe table)
+    ("configs/vspw/tv3s/MiT-B1.yaml", 6e-5, 0.01, 160_000, 4, "all"),
+    ("configs/vspw/tv3s/MiT-B2.yaml", 6e-5, 0.01, 160_000, 4, "all"),
+    ("configs/vspw/tv3s/MiT-B5.yaml", 3e-5, 0.01, 240_000, 4, "all"),
+    ("configs/vspw/tv3s/Swin-T.yaml", 1e-5, 0.05, 160_000, 4, "all"),
+    ("configs/vspw/tv3s/Swin-S.yaml", 1e-5, 0.05, 160_000, 4, "all"),
+    ("configs/cityscapes/tv3s/MiT-B1.yaml", 6e-5, 0.01, 160_000, 2, "last"),
+])
+def test_configs_carry_the_release_model_loss_and_optimizer(config, lr, wd, iters, batch, aux_frames):
+    cfg = setup_cfg(str(REPO / config), ["MODEL.DEVICE", "meta"])
+    s, head, tv3s = cfg.SOLVER, cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.TV3S
+    assert (s.BASE_LR, s.WEIGHT_DECAY, s.MAX_ITER, s.IMS_PER_BATCH) == (lr, wd, iters, batch)
+    assert (head.LOSS_AVERAGE, head.PREDICTOR_INIT, tv3s.RESCALE_OUT_PROJ) == ("all", "pytorch", False)
+    assert (tv3s.AUX_WEIGHT, tv3s.TEMPORAL_WEIGHT, tv3s.AUX_LOSS_FRAMES, tv3s.TEMPORAL_LOSS_FRAMES) == (
+        0.5, 1.0, aux_frames, "last")
+    with torch.device("meta"):
+        temporal = build_model(cfg).temporal
+    assert (temporal.loss_average, temporal.aux_loss_frames) == ("all", aux_frames)
+
+
+def test_synthetic_configs_keep_this_projects_loss_and_init():
+    cfg = setup_cfg(str(REPO / "configs/synthetic/tv3s_tiny.yaml"), [])
+    assert (cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGE, cfg.MODEL.SEM_SEG_HEAD.PREDICTOR_INIT) == ("valid", "normal")
+    assert cfg.MODEL.TV3S.RESCALE_OUT_PROJ and cfg.MODEL.TV3S.AUX_LOSS_FRAMES == "all" and cfg.SOLVER.CUSTOM_KEYS == []
 
 
 def test_gradients_reach_every_parameter():

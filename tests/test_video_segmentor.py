@@ -127,3 +127,36 @@ def test_trainable_prefixes_freeze_the_rest():
     with pytest.raises(ValueError, match="match no parameter"):
         VideoSegmentor(backbone=TinyBackbone(), sem_seg_head=nn.Identity(), temporal=RunningMean(),
                        pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, trainable=["flow."])
+
+
+class NormBackbone(TinyBackbone):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return {"res2": self.bn(self.conv(x))}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_frozen_mode(mode):
+    torch.manual_seed(0)
+    m = VideoSegmentor(backbone=NormBackbone(), sem_seg_head=nn.Linear(2, 2), temporal=RunningMean(),
+                       pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, size_divisibility=0,
+                       trainable=["sem_seg_head."], frozen_mode=mode).train()
+    bn = m.backbone.bn
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["sem_seg_head.weight", "sem_seg_head.bias"]
+    assert bn.training == (mode == "train") and m.sem_seg_head.training
+    with torch.no_grad():
+        raw = m.backbone.conv(torch.stack([f["image"] for f in frames("a", 2, 0)]))
+    loss = m(frames("a", 2, 0))["loss"]
+    if mode == "train":  # the release's: batch statistics (the output has unit variance), running stats move
+        assert loss.item() == pytest.approx(1.0, abs=1e-3)
+        assert torch.allclose(bn.running_mean, 0.1 * raw.mean((0, 2, 3)), atol=1e-6)
+        assert bn.num_batches_tracked.item() == 1
+    else:  # running statistics (the initial 0 / 1: the output is the conv's), left as they were
+        assert loss.item() == pytest.approx(raw.square().mean().item() / (1 + bn.eps), rel=1e-6)
+        assert torch.equal(bn.running_mean, torch.zeros(4)) and bn.num_batches_tracked.item() == 0
+    with pytest.raises(ValueError, match="MODEL.VIDEO.FROZEN_MODE is 'frozen'"):
+        VideoSegmentor(backbone=NormBackbone(), sem_seg_head=nn.Identity(), temporal=RunningMean(),
+                       pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, frozen_mode="frozen")

@@ -30,6 +30,12 @@ detectron2 0.6 would take the file for a Caffe2 one and rename keys heuristicall
       TV3S_B1_official.pth output/tv3s_mit_b1_vspw.pth
   python tools/convert_tv3s.py --encoder --config-file configs/vspw/tv3s/MiT-B1.yaml \\
       mit_b1.pth output/mit_b1_imagenet.pkl
+
+Options may stand anywhere on the line. Config overrides (KEY VALUE pairs) follow the two files;
+put them after `--` when a value starts with "-" (otherwise it reads as an option):
+
+  python tools/convert_tv3s.py TV3S_B1_city.pth output/tv3s_mit_b1_city.pth --trusted \\
+      --config-file configs/vspw/tv3s/MiT-B1.yaml MODEL.SEM_SEG_HEAD.NUM_CLASSES 19
 """
 import warnings
 
@@ -174,8 +180,11 @@ def main(argv=None):
                         help="the input is an ImageNet-pretrained encoder (keys without prefix, `head.*` dropped)")
     parser.add_argument("--trusted", action="store_true",
                         help="allow arbitrary pickled objects in the input (only for files you trust)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                        help="config overrides after the two files (after `--` when a value starts with '-')")
+    # intermixed: options after the positional arguments are still options (a REMAINDER
+    # positional would swallow them as overrides)
+    args = parser.parse_intermixed_args(argv)
     if not (args.output.endswith(".pth") or args.output.endswith(".pkl")):
         parser.error(f"output {args.output}: the name must end in .pth or .pkl")
 

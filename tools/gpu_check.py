@@ -14,11 +14,24 @@ On a machine with CUDA, in this order (each check is recorded even when an earli
 5. speed at 480x853, random weights: per-frame Mask2Former R50 against MPVSS R50 at K = 5 (the
    MPVSS paper measures 1.75x on a V100) and TV3S MiT-B1 streamed one frame at a time.
 
+With --kernels DIR (a folder that `tools/build_kernels.py prepare` compiled ahead on a CPU
+machine for this machine's Python, torch and GPU), `build_kernels.py finish DIR` first compiles
+the two bindings and links them with the prepared objects (seconds), and the kernels it places
+are the ones checked and used: then a kernel that is not importable fails its check instead of
+being skipped, and two more checks run:
+
+6. TV3S streamed with the kernels against without them (the tiny model trained in 3, on a
+   validation video): largest relative difference of the logits and the share of equal labels;
+7. frames/s at 480x853 (random weights, float32) of TV3S MiT-B1 streamed with the kernels and
+   without them, beside the per-frame SegFormer-B1 (the same encoder and fusion, no temporal head).
+
 Without CUDA it says so and runs the CPU parts only: the pure-PyTorch scan and conv against
 their reference loops, and the training of the three models in float32 on the CPU (one step
-each by default). The exit status is 0 when every check that ran passed.
+each by default); with --kernels the manifest is still read (a missing or unreadable one stops
+the run at once) and the kernel checks are reported as skipped. The exit status is 0 when every
+check that ran passed.
 
-    python tools/gpu_check.py [--report output/gpu_report.json] [--steps N]
+    python tools/gpu_check.py [--report output/gpu_report.json] [--steps N] [--kernels DIR]
 """
 import argparse
 import functools
@@ -38,6 +51,8 @@ import warnings
 # with a FutureWarning on every command; nothing here scripts anything.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
+import contextlib
+
 import cv2
 import numpy as np
 import torch
@@ -55,6 +70,9 @@ TINY = {
 }
 AGREEMENT_TARGET = 0.995
 KERNEL_RTOL = 1e-3  # float32 kernels against float32 PyTorch: summation order differs
+# TV3S streamed with the kernels against without (float32, the differences carried frame to frame)
+STREAM_RTOL = 1e-3
+STREAM_AGREEMENT = 0.999
 
 
 class Skip(Exception):
@@ -62,7 +80,8 @@ class Skip(Exception):
 
 
 def wanted(report, name):
-    return not report["only"] or name.startswith(tuple(report["only"]))
+    # the prepared kernels are finished whatever --only names: the checks it names may use them
+    return name == "kernels_finish" or not report["only"] or name.startswith(tuple(report["only"]))
 
 
 def save(report, path):
@@ -187,16 +206,111 @@ _scan_torch = functools.partial(scan.selective_scan_torch, **_SCAN_OPTIONS)
 _scan_ref = functools.partial(scan.selective_scan_ref, **_SCAN_OPTIONS)
 
 
-def check_scan_kernel():
+def _kernel_missing(module, required):
+    """A kernel that is not importable: skipped, or failed when --kernels placed it."""
+    try:
+        __import__(module)
+        error = "imports, but vss's kernel lookup found nothing usable"
+    except Exception as e:  # ImportError, or an undefined symbol in the linked module
+        error = f"{type(e).__name__}: {e}"
+    if required:
+        return {"ok": False, "error": f"{module} was placed by --kernels but is not usable: {error}"}
+    raise Skip(f"{module} is not importable (prepare and finish it: tools/build_kernels.py, "
+               f"or build it here: VSS_EXTRAS=mamba bash tools/install.sh)")
+
+
+def check_scan_kernel(required=False):
     if scan._mamba_selective_scan() is None:
-        raise Skip("mamba-ssm is not importable (build it: VSS_EXTRAS=mamba bash tools/install.sh)")
+        return _kernel_missing("mamba_ssm.ops.selective_scan_interface", required)
     return compare_paths(_scan_fast, _scan_torch, _scan_inputs, "cuda", KERNEL_RTOL)
 
 
-def check_conv_kernel():
+def check_conv_kernel(required=False):
     if scan._causal_conv1d_kernel() is None:
-        raise Skip("causal-conv1d is not importable (build it: VSS_EXTRAS=mamba bash tools/install.sh)")
+        return _kernel_missing("causal_conv1d", required)
     return compare_paths(_conv_fast, _conv_torch, _conv_inputs, "cuda", KERNEL_RTOL)
+
+
+@contextlib.contextmanager
+def kernels_disabled():
+    """The pure-PyTorch scan and conv everywhere inside, even where the kernels are installed."""
+    saved = scan._mamba_selective_scan, scan._causal_conv1d_kernel
+    scan._mamba_selective_scan = scan._causal_conv1d_kernel = lambda: None
+    try:
+        yield
+    finally:
+        scan._mamba_selective_scan, scan._causal_conv1d_kernel = saved
+
+
+class WithoutKernels(torch.nn.Module):
+    """`model` run with kernels_disabled (the same weights and state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        with kernels_disabled():
+            return self.model(*args, **kwargs)
+
+
+def kernels_usable():
+    return scan._mamba_selective_scan() is not None and scan._causal_conv1d_kernel() is not None
+
+
+# ---- 0. the prepared kernels: finish the build here ---------------------------------------------
+
+def _build_kernels_module():
+    spec = importlib.util.spec_from_file_location("vss_build_kernels", os.path.join(REPO, "tools", "build_kernels.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_kernels_manifest(folder):
+    """The manifest of a prepared folder (exits with build_kernels' message when there is none)."""
+    return _build_kernels_module().load_manifest(os.path.abspath(folder))
+
+
+def use_site(site):
+    """Put a finished kernels folder first on sys.path and PYTHONPATH (for the pytest subprocess)."""
+    sys.path.insert(0, site)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))
+    scan._mamba_selective_scan.cache_clear()
+    scan._causal_conv1d_kernel.cache_clear()
+
+
+def finish_kernels(folder):
+    """`build_kernels.py finish DIR`: the bindings compiled and linked here; their folder used."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_kernels.py"), "finish", folder],
+                          capture_output=True, text=True)
+    output = proc.stdout[-4000:] + proc.stderr[-4000:]
+    if proc.returncode != 0:
+        return {"ok": False, "error": f"build_kernels.py finish exited {proc.returncode}", "output": output}
+    site = proc.stdout.strip().splitlines()[-1]
+    use_site(site)
+    with open(os.path.join(site, "vss_finish.json")) as f:
+        finished = json.load(f)
+    return {"ok": kernels_usable(), "site": site, "finish_seconds": finished["seconds"],
+            "modules": finished["modules"], "output": output}
+
+
+def check_tv3s_streaming_kernels(weights, frames):
+    """The tiny TV3S streamed over `frames` with the kernels and without: logits and labels."""
+    if not kernels_usable():
+        raise Skip("the kernels are not usable here (see mamba_selective_scan_vs_torch, causal_conv1d_vs_torch)")
+    cfg = setup_cfg(os.path.join(REPO, TINY["tv3s"]), ["MODEL.DEVICE", "cuda", "MODEL.WEIGHTS", weights or ""])
+    outputs = {}
+    for use_kernels in (True, False):
+        predictor = VideoPredictor(cfg)
+        with contextlib.nullcontext() if use_kernels else kernels_disabled():
+            outputs[use_kernels] = [out["sem_seg"].float().cpu() for out in predictor.run(frames)]
+    errors = [_rel_err(a, b) for a, b in zip(outputs[True], outputs[False])]
+    agree = [(a.argmax(0) == b.argmax(0)).float().mean().item() for a, b in zip(outputs[True], outputs[False])]
+    return {"ok": max(errors) <= STREAM_RTOL and min(agree) >= STREAM_AGREEMENT,
+            "weights": weights or "random", "frames": len(frames), "max_rel_err": max(errors),
+            "rel_err_per_frame": errors, "label_agreement_min": min(agree), "label_agreement_mean": float(np.mean(agree)),
+            "rtol": STREAM_RTOL, "agreement_target": STREAM_AGREEMENT}
 
 
 def check_scan_cpu():
@@ -295,17 +409,25 @@ def _benchmark_module():
     return module
 
 
-def check_speed(configs, frames, repeats, height=480, width=853, device="cuda"):
-    """frames/s of each config (name -> path) taking turns on the same random video, float32."""
+def check_speed(configs, frames, repeats, height=480, width=853, device="cuda", without_kernels=()):
+    """frames/s of each config (name -> path, or (path, overrides)) taking turns on the same
+    random video, float32. without_kernels: (name, of) pairs that add the model `of` run with the
+    pure-PyTorch scan and conv as `name`."""
     bench = _benchmark_module()
     from vss.utils.flops import video_frames
-    models = {name: bench.build(os.path.join(REPO, path), ["MODEL.WEIGHTS", ""], device) for name, path in configs.items()}
+    models = {}
+    for name, path in configs.items():
+        path, opts = (path, []) if isinstance(path, str) else path
+        models[name] = bench.build(os.path.join(REPO, path), ["MODEL.WEIGHTS", "", *opts], device)
+    for name, of in without_kernels:
+        models[name] = WithoutKernels(models[of])
     video = video_frames(height, width, frames, fill=None, seed=0)
     for f in video:
         f["image"] = f["image"].to(device)
     results = bench.benchmark(models, video, warmup=5, repeats=repeats)
     out = {name: {"fps_mean": float(np.mean(r["fps"])), "fps_runs": r["fps"],
                   "peak_allocated_mib": r["peak_bytes"] / 2**20} for name, r in results.items()}
+    out["kernels_usable"] = kernels_usable()
     out["size"] = f"{height}x{width}"
     out["frames_per_run"] = frames
     return out
@@ -318,20 +440,31 @@ def main(argv=None):
                         help="training iterations per model (default: 300 on CUDA, 1 on the CPU)")
     parser.add_argument("--frames", type=int, default=50, help="frames per timed run of the speed checks")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per model in the speed checks")
+    parser.add_argument("--kernels", metavar="DIR",
+                        help="a folder from `tools/build_kernels.py prepare`: finish it here and check those kernels")
     parser.add_argument("--only", default="", metavar="NAMES",
                         help="comma-separated check names or name prefixes to run (default: all), e.g. "
                              "train_tv3s,half_predictor_tv3s,speed")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     steps = args.steps or (300 if cuda else 1)
+    manifest = read_kernels_manifest(args.kernels) if args.kernels else None
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "environment": environment(),
               "only": [n for n in args.only.split(",") if n],
               "path": args.report, "checks": {}}
+    if manifest is not None:
+        report["kernels"] = {"folder": os.path.abspath(args.kernels), "target": manifest["target"],
+                             "packages": {k: v["version"] for k, v in manifest["packages"].items()},
+                             "prepare_seconds": manifest.get("total_seconds"), "sizes": manifest.get("sizes")}
     print(f"[gpu_check] environment: {json.dumps(report['environment'])}", flush=True)
     if not cuda:
         print("[gpu_check] CUDA is not available on this machine: running the CPU parts only; "
               "the CUDA checks are reported as skipped", flush=True)
+    elif manifest is not None:
+        # first: the training and predictor checks then run with the kernels as a user would
+        run_check(report, "kernels_finish", finish_kernels, args.kernels)
+        report["environment"] = environment()
     root = MetadataCatalog.get("synthetic_vss_train").dataset_root
     summary = generate(root)
     print(f"[gpu_check] synthetic data: {summary['root']}", flush=True)
@@ -349,8 +482,8 @@ def main(argv=None):
                 trained[name] = result["checkpoint"]
         if cuda:
             run_check(report, "scan_torch_vs_reference_cuda", check_scan_torch_cuda)
-            run_check(report, "mamba_selective_scan_vs_torch", check_scan_kernel)
-            run_check(report, "causal_conv1d_vs_torch", check_conv_kernel)
+            run_check(report, "mamba_selective_scan_vs_torch", check_scan_kernel, manifest is not None)
+            run_check(report, "causal_conv1d_vs_torch", check_conv_kernel, manifest is not None)
             run_check(report, "pytest_cuda", check_cuda_tests)
             frames = val_frames(summary, 20)
             for name in TINY:
@@ -361,12 +494,31 @@ def main(argv=None):
             speed = report["checks"].get("speed_mask2former_r50_vs_mpvss_r50_k5", {})
             if speed.get("status") == "passed":
                 speed["speedup"] = speed["mpvss_r50_k5"]["fps_mean"] / speed["mask2former_r50"]["fps_mean"]
-            run_check(report, "speed_tv3s_mitb1_streaming", check_speed,
-                      {"tv3s_mitb1": "configs/vspw/tv3s/MiT-B1.yaml"}, args.frames, args.repeats)
+            if manifest is None and not kernels_usable():
+                run_check(report, "speed_tv3s_mitb1_streaming", check_speed,
+                          {"tv3s_mitb1": "configs/vspw/tv3s/MiT-B1.yaml"}, args.frames, args.repeats)
+            else:
+                run_check(report, "tv3s_streaming_kernels_vs_torch", check_tv3s_streaming_kernels,
+                          trained.get("tv3s"), frames)
+                # kernels and pure PyTorch on the same model in turns, beside SegFormer-B1 per frame
+                run_check(report, "speed_tv3s_mitb1_streaming", check_speed,
+                          {"tv3s_mitb1_kernels": "configs/vspw/tv3s/MiT-B1.yaml",
+                           "segformer_b1_per_frame": ("configs/vspw/tv3s/MiT-B1.yaml",
+                                                      ["MODEL.META_ARCHITECTURE", "SemanticSegmentor"])},
+                          args.frames, args.repeats, without_kernels=[("tv3s_mitb1_torch_scan", "tv3s_mitb1_kernels")])
+                speed = report["checks"].get("speed_tv3s_mitb1_streaming", {})
+                if speed.get("status") == "passed":
+                    speed["kernel_speedup"] = (speed["tv3s_mitb1_kernels"]["fps_mean"]
+                                               / speed["tv3s_mitb1_torch_scan"]["fps_mean"])
+                    save(report, args.report)
         else:
-            for name in ("scan_torch_vs_reference_cuda", "mamba_selective_scan_vs_torch", "causal_conv1d_vs_torch",
-                         "pytest_cuda", *(f"half_predictor_{n}" for n in TINY),
-                         "speed_mask2former_r50_vs_mpvss_r50_k5", "speed_tv3s_mitb1_streaming"):
+            skipped = ["scan_torch_vs_reference_cuda", "mamba_selective_scan_vs_torch", "causal_conv1d_vs_torch",
+                       "pytest_cuda", *(f"half_predictor_{n}" for n in TINY),
+                       "speed_mask2former_r50_vs_mpvss_r50_k5", "speed_tv3s_mitb1_streaming"]
+            if manifest is not None:
+                skipped[:0] = ["kernels_finish"]
+                skipped.insert(skipped.index("speed_tv3s_mitb1_streaming"), "tv3s_streaming_kernels_vs_torch")
+            for name in skipped:
                 if wanted(report, name):
                     report["checks"][name] = {"status": "skipped", "reason": "no CUDA device"}
 

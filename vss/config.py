@@ -117,22 +117,61 @@ def add_mit_config(cfg):
     cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # SegFormerHead: channels of every projected level and of the fused map.
     cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 256
+    # Cross-entropy mean of SegFormerHead and the TV3S losses: "valid" (over non-ignored pixels)
+    # or "all" (over every pixel, ignored and padded ones included: mmseg 0.11's, the releases').
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGE = "valid"
+    # Init of the 1x1 classifiers (linear_pred, TV3S's linear_pred2): "normal" (N(0, 0.01) weights,
+    # zero bias) or "pytorch" (nn.Conv2d's default: the releases', whose init_weights skips them).
+    cfg.MODEL.SEM_SEG_HEAD.PREDICTOR_INIT = "normal"
 
 
 def add_video_config(cfg):
     """This project's keys for video data, the solver and evaluation."""
     # Learning-rate multiplier of every non-backbone parameter (TV3S trains its head at x10).
     cfg.SOLVER.HEAD_MULTIPLIER = 1.0
+    # mmcv-style paramwise rules, [[name substring, lr_mult, decay_mult], ...]: a parameter whose
+    # name contains a key gets BASE_LR x lr_mult and WEIGHT_DECAY x decay_mult and no other rule
+    # (longest key first, ties alphabetically, as mmcv 1.3's custom_keys); [] uses none.
+    cfg.SOLVER.CUSTOM_KEYS = []
 
     cfg.INPUT.VIDEO = CN()
     # Training sample: "frame" (one frame), "pair" (key frame + later frame) or "clip".
     cfg.INPUT.VIDEO.SAMPLER = "frame"
     # Pair: the key frame is 1..PAIR_MAX_GAP frames before the labelled frame.
     cfg.INPUT.VIDEO.PAIR_MAX_GAP = 10
+    # Pair draw: "target" (the sampled frame is the target, its key 1..PAIR_MAX_GAP before it) or
+    # "window" (the MPVSS release: the record stands for its video; two labelled frames at most
+    # PAIR_MAX_GAP apart, the later one the target).
+    cfg.INPUT.VIDEO.PAIR_DRAW = "target"
     # Clip: frame offsets relative to the labelled frame, target (offset 0) last.
     cfg.INPUT.VIDEO.CLIP_OFFSETS = [-9, -6, -3, 0]
     # Clip: probability of playing the video backwards (offsets negated).
     cfg.INPUT.VIDEO.REVERSE_PROB = 0.0
+    # Clip targets: "all" (every labelled frame; frames before/after the video are clamped) or
+    # "full_context" (the TV3S release: the sampled record stands for its video, whose target is
+    # drawn among the labelled frames with every clip frame present in the drawn direction).
+    cfg.INPUT.VIDEO.CLIP_TARGETS = "all"
+    # Draw the colour distortion (INPUT.COLOR_AUG_SSD) anew for every frame of a pair or clip.
+    cfg.INPUT.VIDEO.COLOR_AUG_PER_FRAME = False
+
+    # Training resize: "shortest_edge" (MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING) or
+    # "ratio_range" (mmseg's Resize: the (long, short) box SCALE_TRAIN x a ratio in RATIO_RANGE_TRAIN).
+    cfg.INPUT.RESIZE_TRAIN = "shortest_edge"
+    cfg.INPUT.SCALE_TRAIN = (853, 480)
+    cfg.INPUT.RATIO_RANGE_TRAIN = (0.5, 2.0)
+    # Test resize: "shortest_edge" (MIN_SIZE_TEST, capped by MAX_SIZE_TEST) or "aligned" (the same
+    # rescale as mmcv, short side <= MIN_SIZE_TEST, long <= MAX_SIZE_TEST, then stretched to a
+    # multiple of ALIGN_SIZE_TEST: the TV3S release's AlignedResize).
+    cfg.INPUT.RESIZE_TEST = "shortest_edge"
+    cfg.INPUT.ALIGN_SIZE_TEST = 32
+    # Value of the training frames' padding (SIZE_DIVISIBILITY, PAD_TO_CROP): "black" (0) or "mean"
+    # (MODEL.PIXEL_MEAN, 0 after normalisation, as mmseg pads normalised images with 0).
+    cfg.INPUT.PAD_VALUE = "black"
+    # Pad training frames up to INPUT.CROP.SIZE ("absolute" crops), as mmseg's Pad(size=crop_size).
+    cfg.INPUT.PAD_TO_CROP = False
+    # Training draws: "frame" (uniform over the usable target frames) or "video" (a video
+    # uniformly, then one of its usable target frames uniformly; both releases' sampler).
+    cfg.DATALOADER.SAMPLE_BY = "frame"
 
     # Datasets in VSPW layout that setup (vss.engine.setup_cfg) registers, as [name, root, split]
     # triples (root holds classes.json or classes.txt; see datasets/README.md); name them in
@@ -145,6 +184,10 @@ def add_video_config(cfg):
     # Write predicted label PNGs (0-based train ids, as VSPW's official scripts read them)
     # under OUTPUT_DIR/inference/<dataset>/<video>/<frame>.png.
     cfg.TEST.VSS.SAVE_PREDICTIONS = False
+    # Classes mIoU averages over: "gt" (present in the ground truth: VSPW's script) or "gt_or_pred"
+    # (in the ground truth or the prediction: the MPVSS release's evaluator,
+    # O: mask2former/evaluation/vspw_seg_evaluation.py:147-151).
+    cfg.TEST.VSS.MIOU_CLASSES = "gt"
 
 
 def add_checkpoint_config(cfg):
@@ -153,6 +196,9 @@ def add_checkpoint_config(cfg):
     # checkpoint misses weights the model does not declare optional, has keys the model lacks
     # or tensors of other shapes (e.g. fine-tuning on another number of classes).
     cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+    # Training may start from random weights when MODEL.WEIGHTS is empty; the VSPW/Cityscapes
+    # configs set False, so that a forgotten ImageNet checkpoint is an error (vss.engine.weights).
+    cfg.MODEL.ALLOW_RANDOM_INIT = True
 
 
 def add_video_model_config(cfg):
@@ -162,9 +208,12 @@ def add_video_model_config(cfg):
     cfg.MODEL.VIDEO.TEMPORAL_HEAD = "MaskPropagation"
     # Videos whose inference state is kept at once (frames of this many videos may interleave).
     cfg.MODEL.VIDEO.MAX_OPEN_VIDEOS = 2
-    # Name prefixes of the parameters to train (others frozen, their modules in eval mode);
-    # empty trains everything.
+    # Name prefixes of the parameters to train (the others frozen, their modules in
+    # FROZEN_MODE); empty trains everything.
     cfg.MODEL.VIDEO.TRAINABLE = []
+    # Mode of the frozen modules during training: "eval" (BN running statistics, no dropout or
+    # drop path) or "train" (as the rest; the MPVSS release, whose frozen SyncBN uses batch statistics).
+    cfg.MODEL.VIDEO.FROZEN_MODE = "eval"
 
 
 def add_mpvss_config(cfg):
@@ -183,6 +232,10 @@ def add_mpvss_config(cfg):
     # "flow": warp key masks with the flow module (variant: MODEL.MOTION.FLOW_TYPE);
     # "copy": reuse them unchanged (the paper's Copy baseline; no flow module is built).
     cfg.MODEL.MPVSS.PROPAGATION = "flow"
+    # How the flow moves the key masks: "exact" (pixel coordinates; zero flow = no change) or
+    # "release" (the release's grid_sample, normalised by W with align_corners=True: samples at
+    # (x + dx)(W - 1)/W, O: mask2former/mpvss.py:182-185); its checkpoints were trained with it.
+    cfg.MODEL.MPVSS.WARP = "exact"
 
     # The flow module (official names: MODEL.MOTION; defaults = the official effective config).
     cfg.MODEL.MOTION = CN()
@@ -223,7 +276,8 @@ def add_mpvss_config(cfg):
     cfg.MODEL.MOTION.FUSION_INIT = "official"
     # Pretrained flow-module weights, loaded after MODEL.WEIGHTS as a separate logged step
     # (tensors `flow.*` of a FlowNetS pretraining run or `temporal.flow.*` of
-    # tools/convert_flownets.py / an MPVSS checkpoint, wherever shapes agree); "" loads none.
+    # tools/convert_flownets.py / an MPVSS checkpoint, or `motion.*` of an official MPVSS
+    # checkpoint, wherever shapes agree); "" loads none.
     cfg.MODEL.MOTION.WEIGHTS = ""
 
 
@@ -253,18 +307,25 @@ def add_tv3s_config(cfg):
     cfg.MODEL.TV3S.EXPAND = 2
     # Stochastic depth of the last Mamba layer's output (earlier layers get linearly less).
     cfg.MODEL.TV3S.DROP_PATH = 0.1
+    # Divide every Mamba out_proj's initial weights by sqrt(layers) (mamba-ssm's pre-norm residual
+    # rescale); the release does not (its head never applies that init).
+    cfg.MODEL.TV3S.RESCALE_OUT_PROJ = True
     # Dropout2d before the temporal classifier (linear_pred2).
     cfg.MODEL.TV3S.DROPOUT = 0.1
-    # Loss weight of the per-frame prediction on every labelled clip frame.
+    # Loss weight of the per-frame prediction (on the AUX_LOSS_FRAMES frames).
     cfg.MODEL.TV3S.AUX_WEIGHT = 0.5
+    # Clip frames whose per-frame prediction is supervised: "all" (the VSPW release) or "last"
+    # (the Cityscapes release's TV3SHead_shift_city, where only the target frame is labelled).
+    cfg.MODEL.TV3S.AUX_LOSS_FRAMES = "all"
     # Loss weight of the temporal prediction.
     cfg.MODEL.TV3S.TEMPORAL_WEIGHT = 1.0
     # Clip frames whose temporal prediction is supervised: "last" (the release: frame t only)
     # or "all" (every frame's prediction from itself and the clip's earlier frames, which is
     # what streaming inference outputs for every frame; 4x the temporal supervision per clip).
     cfg.MODEL.TV3S.TEMPORAL_LOSS_FRAMES = "last"
-    # "stream": one frame at a time with carried scan states; "clip": each frame from a fresh
-    # clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it (the release's test).
+    # "stream": one frame at a time with carried scan states; "clip": the release's test, each frame
+    # from a fresh clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it, a video's
+    # first frames as the release does them (vss.data.clips.release_test_clip).
     cfg.MODEL.TV3S.INFERENCE = "stream"
 
 

@@ -81,8 +81,8 @@ def build_video_train_loader(cfg, mapper=None):
     names = ", ".join(cfg.DATASETS.TRAIN)
     if not targets:
         raise ValueError(f"no usable training frames for sampler {sampler!r} in {names}: dropped {dropped}")
-    logger.info("training on %d of %d frames (%d videos) of %s with sampler %r; dropped: %s",
-                len(targets), len(records), len(videos), names, sampler,
+    logger.info("training on %d of %d frames (%d videos) of %s with sampler %r, drawn by %s; dropped: %s",
+                len(targets), len(records), len(videos), names, sampler, cfg.DATALOADER.SAMPLE_BY,
                 ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none")
     if mapper is None:
         mapper = build_mapper(cfg, is_train=True, videos=videos)
@@ -91,8 +91,9 @@ def build_video_train_loader(cfg, mapper=None):
 
 def resumable_train_loader(cfg, records, mapper):
     """This process's endless, resumable loader of mapped `records`, in batches of its share of
-    SOLVER.IMS_PER_BATCH; sample order and augmentations follow cfg.SEED (a random seed shared
-    by all processes when SEED < 0), and checkpoints store the seed and the position.
+    SOLVER.IMS_PER_BATCH, drawn per DATALOADER.SAMPLE_BY; sample order and augmentations follow
+    cfg.SEED (a random seed shared by all processes when SEED < 0), and checkpoints store the
+    seed and the position.
     """
     world_size = comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world_size:
@@ -103,5 +104,5 @@ def resumable_train_loader(cfg, records, mapper):
         seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        rank=comm.get_rank(), world_size=world_size,
+        rank=comm.get_rank(), world_size=world_size, sample_by=cfg.DATALOADER.SAMPLE_BY,
     )

@@ -15,6 +15,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
 from .augment import augment_frames, build_augmentations
+from .clips import CLIP_TARGETS, check_clip_offsets, clip_frames
 from .io import IGNORE_LABEL, read_frame, read_label
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,33 @@ def label_metadata(dataset_names):
     return next(iter(found.values()))
 
 
+PAD_VALUES = ("black", "mean")
+# INPUT.VIDEO.PAIR_DRAW values (PairMapper).
+PAIR_DRAWS = ("target", "window")
+
+
+def pad_value(cfg):
+    """FrameMapper's pad_value for INPUT.PAD_VALUE."""
+    if cfg.INPUT.PAD_VALUE not in PAD_VALUES:
+        raise ValueError(f"INPUT.PAD_VALUE must be one of {PAD_VALUES}, got {cfg.INPUT.PAD_VALUE!r}")
+    if cfg.INPUT.PAD_VALUE == "black":
+        return None
+    if len(cfg.MODEL.PIXEL_MEAN) != 3:
+        raise ValueError(f"INPUT.PAD_VALUE 'mean' pads 3-channel frames with MODEL.PIXEL_MEAN, which has "
+                         f"{len(cfg.MODEL.PIXEL_MEAN)} values")
+    return list(cfg.MODEL.PIXEL_MEAN)
+
+
+def pad_size(cfg):
+    """FrameMapper's pad_size: INPUT.CROP.SIZE with INPUT.PAD_TO_CROP, else None."""
+    if not cfg.INPUT.PAD_TO_CROP:
+        return None
+    if not cfg.INPUT.CROP.ENABLED or cfg.INPUT.CROP.TYPE != "absolute":
+        raise ValueError(f"INPUT.PAD_TO_CROP pads to an absolute crop size, but INPUT.CROP is ENABLED="
+                         f"{cfg.INPUT.CROP.ENABLED}, TYPE={cfg.INPUT.CROP.TYPE!r}")
+    return tuple(int(s) for s in cfg.INPUT.CROP.SIZE)
+
+
 def mask2former_targets(sem_seg):
     """Instances with one binary mask per class present in `sem_seg` (HxW long), ignore excluded."""
     classes = torch.unique(sem_seg)
@@ -54,7 +82,14 @@ class FrameMapper:
 
     @configurable
     def __init__(self, is_train=True, *, augmentations, image_format, num_classes=None,
-                 label_offset=0, size_divisibility=-1):
+                 label_offset=0, size_divisibility=-1, pad_size=None, pad_value=None):
+        """
+        Args:
+            size_divisibility: training frames are padded to a multiple of this (<= 0: not).
+            pad_size: (h, w): training frames are padded to at least this size.
+            pad_value: None pads images with 0 (uint8); per-channel values (the pixel mean) give
+                float32 images, so that the padding is 0 after the model's normalisation.
+        """
         if is_train and num_classes is None:
             raise ValueError("a training mapper needs num_classes to decode labels")
         self.is_train = is_train
@@ -63,6 +98,8 @@ class FrameMapper:
         self.num_classes = num_classes
         self.label_offset = label_offset
         self.size_divisibility = size_divisibility
+        self.pad_size = pad_size
+        self.pad_value = None if pad_value is None else torch.tensor(pad_value, dtype=torch.float32)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -74,6 +111,8 @@ class FrameMapper:
         }
         if is_train:
             ret["num_classes"], ret["label_offset"] = label_metadata(cfg.DATASETS.TRAIN)
+            ret["pad_value"] = pad_value(cfg)
+            ret["pad_size"] = pad_size(cfg)
         return ret
 
     def read_image(self, record):
@@ -103,18 +142,27 @@ class FrameMapper:
         return image, label
 
     def to_tensors(self, images, labels):
-        """CxHxW uint8 images and HxW long labels (all-ignore where None), padded to size_divisibility."""
+        """CxHxW images and HxW long labels (all-ignore where None), padded to size_divisibility
+        and pad_size with `pad_value` and the ignore label."""
         h, w = images[0].shape[:2]
         pad_h = pad_w = 0
         if self.size_divisibility > 0:
             pad_h = -h % self.size_divisibility
             pad_w = -w % self.size_divisibility
+        if self.pad_size is not None:
+            pad_h = max(pad_h, self.pad_size[0] - h)
+            pad_w = max(pad_w, self.pad_size[1] - w)
         image_ts, label_ts = [], []
         for img, label in zip(images, labels):
             img_t = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
             label_t = (torch.full((h, w), IGNORE_LABEL, dtype=torch.long) if label is None
                        else torch.as_tensor(label.astype(np.int64)))
-            image_ts.append(F.pad(img_t, (0, pad_w, 0, pad_h), value=0))
+            if self.pad_value is None:
+                image_ts.append(F.pad(img_t, (0, pad_w, 0, pad_h), value=0))
+            else:
+                padded = self.pad_value[:, None, None].repeat(1, h + pad_h, w + pad_w)
+                padded[:, :h, :w] = img_t
+                image_ts.append(padded)
             label_ts.append(F.pad(label_t, (0, pad_w, 0, pad_h), value=IGNORE_LABEL))
         return image_ts, label_ts
 
@@ -167,35 +215,72 @@ class _VideoMapper(FrameMapper):
 
 
 class PairMapper(_VideoMapper):
-    """A labelled frame t and its key frame t - r, r uniform over the gaps 1..max_gap
+    """A labelled target frame t and an earlier key frame, whose prediction is propagated
+    to t; only t's label is read. Two draws (INPUT.VIDEO.PAIR_DRAW):
+
+    "target": the record is t; the key frame is t - r, r uniform over the gaps 1..max_gap
     that exist in the video (a missing frame is never a key frame).
 
-    The earlier frame is the key frame, whose prediction is propagated to t; only
-    t's label is read.
+    "window" (the MPVSS release, O: mask2former/data/dataset_mappers/
+    mask_former_video_semantic_dataset_mapper.py:137-145): the record stands for its video.
+    A frame is drawn uniformly among its labelled frames, a second one uniformly among the
+    labelled frames at most max_gap away on either side; the later of the two is the target.
+    Near a video's ends this draws other targets and gaps than "target" (e.g. the first
+    frame is never a target, the last more often); the two agree in the middle of the video.
     """
 
     @configurable
-    def __init__(self, *, videos, max_gap, **kwargs):
+    def __init__(self, *, videos, max_gap, draw="target", **kwargs):
         super().__init__(videos=videos, **kwargs)
         if max_gap < 1:
             raise ValueError(f"INPUT.VIDEO.PAIR_MAX_GAP must be >= 1, got {max_gap}")
+        if draw not in PAIR_DRAWS:
+            raise ValueError(f"INPUT.VIDEO.PAIR_DRAW must be one of {PAIR_DRAWS}, got {draw!r}")
         self.max_gap = max_gap
+        self.draw = draw
+        self.labelled = {}
+        if draw == "window":
+            self.labelled = {video: sorted(t for t, r in frames.items() if r.get("sem_seg_file_name") is not None)
+                             for video, frames in self.videos.items()}
+            alone = [v for v, ts in self.labelled.items() if not self._has_partner(ts)]
+            if alone:
+                raise ValueError(
+                    f"INPUT.VIDEO.PAIR_DRAW 'window': {len(alone)} training video(s) have no two labelled frames "
+                    f"within INPUT.VIDEO.PAIR_MAX_GAP={max_gap}: {', '.join(alone[:10])}"
+                    f"{', ...' if len(alone) > 10 else ''}; leave them out or use PAIR_DRAW 'target'")
 
     @classmethod
     def from_config(cls, cfg, is_train=True, videos=None):
         ret = super().from_config(cfg, is_train, videos)
         ret["max_gap"] = cfg.INPUT.VIDEO.PAIR_MAX_GAP
+        ret["draw"] = cfg.INPUT.VIDEO.PAIR_DRAW
         return ret
 
-    def __call__(self, record):
+    def _has_partner(self, labelled):
+        return any(b - a <= self.max_gap for a, b in zip(labelled, labelled[1:]))
+
+    def draw_pair(self, record):
+        """(the target's record, the key frame's record) for a sampled `record`."""
         frames = self.video_frames(record)
+        if self.draw == "window":
+            labelled = self.labelled[record["video_id"]]
+            while True:  # a frame without a partner is redrawn (only where labels are sparse)
+                cur = labelled[np.random.randint(len(labelled))]
+                near = [t for t in labelled if 0 < abs(t - cur) <= self.max_gap]
+                if near:
+                    break
+            other = near[np.random.randint(len(near))]
+            return frames[max(cur, other)], frames[min(cur, other)]
         t = record["frame_idx"]
         keys = [k for k in range(t - self.max_gap, t) if k in frames]
         if not keys:
             raise ValueError(f"frame {record['file_name']} (video {record['video_id']!r}) has no earlier frame "
                              f"within INPUT.VIDEO.PAIR_MAX_GAP={self.max_gap}: a pair needs an earlier key frame")
         # keys[-r], r uniform in 1..len(keys): t - r when no frame is missing.
-        key_record = frames[keys[-np.random.randint(1, len(keys) + 1)]]
+        return record, frames[keys[-np.random.randint(1, len(keys) + 1)]]
+
+    def __call__(self, record):
+        record, key_record = self.draw_pair(record)
         image, label = self.read_labelled(record)
         key_image = self.read_image(key_record)
         images, labels, _ = augment_frames(self.augmentations, [key_image, image], [None, label], anchor=1)
@@ -205,35 +290,51 @@ class PairMapper(_VideoMapper):
         return out
 
 
-def check_clip_offsets(offsets):
-    """INPUT.VIDEO.CLIP_OFFSETS as ints: frames in time order, the target (0) last."""
-    offsets = [int(o) for o in offsets]
-    if not offsets or offsets[-1] != 0 or any(a >= b for a, b in zip(offsets, offsets[1:])):
-        raise ValueError(f"INPUT.VIDEO.CLIP_OFFSETS must increase strictly and end with the target frame's 0 "
-                         f"(the scan reads a clip in time order), got {offsets}")
-    return offsets
-
-
 class ClipMapper(_VideoMapper):
-    """Frames t + offset for each of `offsets` (target offset 0 last).
+    """Frames t + offset for each of `offsets` (target offset 0 last), chosen by
+    vss.data.clips.clip_frames.
 
     With probability `reverse_prob` the video plays backwards: offsets are negated,
-    so the context comes from later frames and the target stays last. Indices past
-    either end of the video are clamped to its first/last frame, and a missing frame
-    (a gap in frame_idx) is replaced by the nearest frame further from the target, as
-    the streaming TV3S head picks "the latest frame at or before t + offset" at
-    inference (logged once per video): an existing frame is repeated rather than the
-    sample dropped.
+    so the context comes from later frames and the target stays last.
+
+    targets "all": the record is the target. Indices past either end of the video are
+    clamped to its first/last frame, and a missing frame (a gap in frame_idx) is replaced
+    by the nearest frame further from the target, as the streaming TV3S head picks "the
+    latest frame at or before t + offset" at inference (logged once per video): an
+    existing frame is repeated rather than the sample dropped.
+
+    targets "full_context" (the TV3S release, O: utils/datasets/custom.py:1954-1963): the
+    record stands for its video. The direction is drawn first, then the target uniformly
+    among the video's labelled frames whose clip frames all exist in that direction, so no
+    frame is ever clamped or repeated and the first (last, backwards) frames of a video are
+    never targets. With a per-video sampler this is the release's draw. A direction
+    without such a target (possible only with unlabelled frames) gives way to the other;
+    a video without any is an error at construction.
     """
 
     @configurable
-    def __init__(self, *, videos, offsets, reverse_prob=0.0, **kwargs):
+    def __init__(self, *, videos, offsets, reverse_prob=0.0, targets="all", **kwargs):
         super().__init__(videos=videos, **kwargs)
         offsets = check_clip_offsets(offsets)
         if not 0.0 <= reverse_prob <= 1.0:
             raise ValueError(f"INPUT.VIDEO.REVERSE_PROB must be in [0, 1], got {reverse_prob}")
+        if targets not in CLIP_TARGETS:
+            raise ValueError(f"INPUT.VIDEO.CLIP_TARGETS must be one of {CLIP_TARGETS}, got {targets!r}")
         self.offsets = offsets
         self.reverse_prob = reverse_prob
+        self.targets = targets
+        self.frame_lists = {video: sorted(frames) for video, frames in self.videos.items()}
+        self.full_context = {}
+        if targets == "full_context":
+            self.full_context = {video: self._full_context_targets(video) for video in self.videos}
+            directions = [d for d, p in ((0, 1.0 - reverse_prob), (1, reverse_prob)) if p > 0]
+            empty = [v for v, found in self.full_context.items() if not any(found[d] for d in directions)]
+            if empty:
+                raise ValueError(
+                    f"INPUT.VIDEO.CLIP_TARGETS 'full_context': {len(empty)} training video(s) have no labelled "
+                    f"frame whose clip frames (offsets {offsets}, reverse_prob {reverse_prob}) all exist: "
+                    f"{', '.join(empty[:10])}{', ...' if len(empty) > 10 else ''}; leave them out of the "
+                    "training set or use CLIP_TARGETS 'all' (clamped clips)")
         self._clamped_videos = set()
 
     @classmethod
@@ -241,31 +342,42 @@ class ClipMapper(_VideoMapper):
         ret = super().from_config(cfg, is_train, videos)
         ret["offsets"] = list(cfg.INPUT.VIDEO.CLIP_OFFSETS)
         ret["reverse_prob"] = cfg.INPUT.VIDEO.REVERSE_PROB
+        ret["targets"] = cfg.INPUT.VIDEO.CLIP_TARGETS
         return ret
 
-    def frame_indices(self, record, frames):
-        """The clip's frame_idx values; `frames` is the video's {frame_idx: record}."""
+    def _full_context_targets(self, video):
+        """(forward, backward): the labelled frame_idx with a full clip in each direction."""
+        frames, order = self.videos[video], self.frame_lists[video]
+        labelled = [t for t in order if frames[t].get("sem_seg_file_name") is not None]
+        return tuple([t for t in labelled if clip_frames(t, self.offsets, order, reverse, full_context=True)]
+                     for reverse in (False, True))
+
+    def draw_clip(self, record):
+        """(the target's record, the clip's frame_idx values) for a sampled `record`."""
+        frames = self.video_frames(record)
+        video = record["video_id"]
+        reverse = bool(np.random.rand() < self.reverse_prob)
+        if self.targets == "full_context":
+            found = self.full_context[video]
+            if not found[reverse]:
+                reverse = not reverse
+            candidates = found[reverse]
+            t = candidates[np.random.randint(len(candidates))]
+            return frames[t], clip_frames(t, self.offsets, self.frame_lists[video], reverse, full_context=True)
         t = record["frame_idx"]
-        sign = -1 if np.random.rand() < self.reverse_prob else 1
-        wanted = [t + sign * o for o in self.offsets]
-        first, last = min(frames), max(frames)
-        indices = []
-        for i in wanted:
-            i = min(max(i, first), last)
-            step = -1 if i < t else 1
-            while i not in frames:  # ends at the first or last frame at the latest
-                i += step
-            indices.append(i)
-        if indices != wanted and record["video_id"] not in self._clamped_videos:
-            self._clamped_videos.add(record["video_id"])
+        indices = clip_frames(t, self.offsets, self.frame_lists[video], reverse)
+        wanted = [t + (-o if reverse else o) for o in self.offsets]
+        if indices != wanted and video not in self._clamped_videos:
+            self._clamped_videos.add(video)
+            order = self.frame_lists[video]
             logger.warning("video %s (frames %d..%d, %d present): clip frames %s fall outside it or are missing "
                            "and are clamped to %s; further clamps in this video are not logged",
-                           record["video_id"], first, last, len(frames), wanted, indices)
-        return indices
+                           video, order[0], order[-1], len(order), wanted, indices)
+        return record, indices
 
     def __call__(self, record):
+        record, indices = self.draw_clip(record)
         frames = self.video_frames(record)
-        indices = self.frame_indices(record, frames)
         images, labels = [], []
         for i in indices[:-1]:
             image = self.read_image(frames[i])

@@ -3,7 +3,8 @@
 detectron2's training loader cannot be resumed: its sampler starts again from its first index,
 and each worker's augmentation RNG depends on when the workers were started. Here every sample
 is a pure function of (seed, its place in the stream): the record comes from a per-epoch
-permutation drawn from the seed, and the augmentation RNGs (python, numpy, torch) are seeded from
+permutation drawn from the seed (of the records, or of the videos with a frame of the video
+drawn from (seed, place)), and the augmentation RNGs (python, numpy, torch) are seeded from
 (seed, place) while the mapper runs. A run resumed at place p therefore sees exactly the samples
 an uninterrupted run sees from p, with any number of workers and however far they had read ahead.
 """
@@ -18,7 +19,8 @@ from detectron2.data.common import DatasetFromList
 
 logger = logging.getLogger(__name__)
 
-SAMPLE, EPOCH = 0, 1
+SAMPLE, EPOCH, FRAME = 0, 1, 2
+SAMPLE_BY = ("frame", "video")
 
 
 def derived_seed(seed, kind, number):
@@ -49,16 +51,32 @@ def _as_is(sample):
     return sample
 
 
+def video_groups(records):
+    """Indices of `records` by "video_id", videos in order of first appearance."""
+    groups = {}
+    for i, rec in enumerate(records):
+        if "video_id" not in rec:
+            raise ValueError(f"DATALOADER.SAMPLE_BY 'video' needs a 'video_id' in every training record; "
+                             f"record {i} has keys {sorted(rec)}")
+        groups.setdefault(rec["video_id"], []).append(i)
+    return list(groups.values())
+
+
 class SampleStream(torchdata.IterableDataset):
     """The mapped samples of one rank at places `start`, `start + 1`, ..., as (place, sample).
 
     Place k of rank r is position k * world_size + r of the shared stream, so ranks see disjoint
     samples; DataLoader workers take every num_workers-th place, which the DataLoader's
-    round-robin puts back in order.
+    round-robin puts back in order. `sample_by` "frame": an epoch is a permutation of the records;
+    "video": a permutation of the videos, each position then drawing one record of its video.
     """
 
-    def __init__(self, records, mapper, seed, rank=0, world_size=1):
+    def __init__(self, records, mapper, seed, rank=0, world_size=1, sample_by="frame"):
+        if sample_by not in SAMPLE_BY:
+            raise ValueError(f"DATALOADER.SAMPLE_BY is {sample_by!r}; expected one of {SAMPLE_BY}")
         self.records = DatasetFromList(records, copy=False)
+        self.sample_by = sample_by
+        self.groups = video_groups(records) if sample_by == "video" else [[i] for i in range(len(records))]
         self.mapper = mapper
         self.seed = seed
         self.rank = rank
@@ -67,11 +85,15 @@ class SampleStream(torchdata.IterableDataset):
         self._epoch, self._order = None, None
 
     def record_index(self, position):
-        epoch, offset = divmod(position, len(self.records))
+        epoch, offset = divmod(position, len(self.groups))
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(derived_seed(self.seed, EPOCH, epoch))
-            self._epoch, self._order = epoch, torch.randperm(len(self.records), generator=generator)
-        return int(self._order[offset])
+            self._epoch, self._order = epoch, torch.randperm(len(self.groups), generator=generator)
+        group = self.groups[int(self._order[offset])]
+        if len(group) == 1:
+            return group[0]
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, FRAME, position))
+        return group[int(torch.randint(len(group), (), generator=generator))]
 
     def sample(self, place):
         position = place * self.world_size + self.rank
@@ -98,12 +120,12 @@ class ResumableTrainLoader:
     """
 
     def __init__(self, records, mapper, batch_size, *, seed, num_workers=0,
-                 aspect_ratio_grouping=True, rank=0, world_size=1):
+                 aspect_ratio_grouping=True, rank=0, world_size=1, sample_by="frame"):
         if not records:
             raise ValueError("the training loader needs at least one record")
         if batch_size < 1:
             raise ValueError(f"batch size per process must be >= 1, got {batch_size}")
-        self.stream = SampleStream(records, mapper, seed, rank, world_size)
+        self.stream = SampleStream(records, mapper, seed, rank, world_size, sample_by)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.aspect_ratio_grouping = aspect_ratio_grouping
@@ -115,6 +137,7 @@ class ResumableTrainLoader:
         return {
             "seed": self.stream.seed,
             "world_size": self.stream.world_size,
+            "sample_by": self.stream.sample_by,
             "next_place": self.next_place,
             "pending": [[place for place, _ in bucket] for bucket in self.buckets],
         }
@@ -124,6 +147,11 @@ class ResumableTrainLoader:
             raise RuntimeError("the training loader's state can only be restored before its first batch")
         self.stream.seed = state["seed"]
         self.buckets = ([], [])
+        sample_by = state.get("sample_by", "frame")  # checkpoints from before DATALOADER.SAMPLE_BY drew frames
+        if sample_by != self.stream.sample_by:
+            logger.warning("the checkpoint's training samples were drawn by %s, this run draws them by %s "
+                           "(DATALOADER.SAMPLE_BY): continuing after the same number of samples, but not with "
+                           "the samples an uninterrupted run would see", sample_by, self.stream.sample_by)
         if state["world_size"] != self.stream.world_size:
             logger.warning("the checkpoint's data position is for %d processes, this run has %d: continuing "
                            "after the same number of samples, but not with the samples an uninterrupted "

@@ -16,6 +16,10 @@
   (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
 - A missing, truncated or foreign checkpoint file is an error naming the file and what was
   expected.
+- Checkpoints of another layout that a module declares (`weights_renamed`, {checkpoint key
+  prefix: the module's own prefix}: MPVSS reads the release's `motion.*` as its
+  `temporal.flow.*`) load renamed when the checkpoint has keys under the first of those
+  prefixes and the model has none; then the usual checks apply to the renamed keys.
 """
 import os
 import pickle
@@ -50,6 +54,27 @@ def declared(model, name):
             value = DECLARED_ELSEWHERE.get(type(module), {}).get(name, ())
         prefixes += [f"{module_name}.{p}" if module_name else p for p in value]
     return tuple(prefixes)
+
+
+def declared_renames(model):
+    """Every module's `weights_renamed` as {checkpoint prefix: full model prefix}, one dict per module."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return [{old: f"{name}.{new}" if name else new for old, new in module.weights_renamed.items()}
+            for name, module in model.named_modules() if getattr(module, "weights_renamed", None)]
+
+
+def rename_layout(state, renames, model_keys):
+    """`state` with the first layout of `renames` that applies (its first prefix is in `state` and not
+    in `model_keys`) renamed, and that layout; (state, None) when none applies."""
+    for layout in renames:
+        marker = next(iter(layout))
+        if any(k.startswith(marker) for k in state) and not any(k.startswith(marker) for k in model_keys):
+            renamed = {}
+            for key, value in state.items():
+                old = next((p for p in layout if key.startswith(p)), None)
+                renamed[key if old is None else layout[old] + key[len(old):]] = value
+            return renamed, layout
+    return state, None
 
 
 def _prefix(key, depth):
@@ -123,6 +148,7 @@ class VSSCheckpointer(DetectionCheckpointer):
         self.from_config = declared(model, "weights_from_config")
         self.ignored = declared(model, "weights_ignored")
         self.allow_partial = allow_partial
+        self.renames = declared_renames(model)
         self._loading = None
 
     def save(self, name, **kwargs):
@@ -162,6 +188,13 @@ class VSSCheckpointer(DetectionCheckpointer):
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no data'}): expected "
                              "a .pth written by torch.save or a .pkl of {'model': {name: array}}") from e
 
+    def _load_model(self, checkpoint):
+        checkpoint["model"], layout = rename_layout(checkpoint["model"], self.renames, self.model.state_dict())
+        if layout:
+            self.logger.info(f"{self._loading} names its weights {', '.join(f'{a}*' for a in layout)}: loading them "
+                             f"as {', '.join(f'{b}*' for b in layout.values())}")
+        return super()._load_model(checkpoint)
+
     def _log_incompatible_keys(self, incompatible):
         # Called by load() with what did not fit; fvcore only logs warnings here.
         expected = [k for k in incompatible.missing_keys if k.startswith(self.may_miss)]
@@ -174,6 +207,10 @@ class VSSCheckpointer(DetectionCheckpointer):
             # every missing weight is listed then, the declared ones included: the load failed
             lines = [f"checkpoint {self._loading} does not fit the model ({name}):",
                      *mismatch_report(incompatible.missing_keys, unexpected, shapes)]
+            if self.renames:
+                layouts = "; ".join(", ".join(f"{old}* (as {new}*)" for old, new in layout.items())
+                                    for layout in self.renames)
+                lines.append(f"Besides its own names, the model reads checkpoints naming its weights {layouts}.")
             if not self.allow_partial:
                 lines.append("Is it the checkpoint of another model or config? To load only what fits, "
                              "set MODEL.WEIGHTS_ALLOW_PARTIAL True.")

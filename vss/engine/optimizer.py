@@ -18,28 +18,52 @@ NORM_TYPES = (
 EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
 
 
+def custom_key_rules(entries):
+    """SOLVER.CUSTOM_KEYS -> [(key, lr_mult, decay_mult)] in mmcv's matching order: longest key
+    first, keys of equal length alphabetically (mmcv 1.3 DefaultOptimizerConstructor.add_params)."""
+    rules = []
+    for entry in entries:
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not isinstance(entry[0], str)
+                or not entry[0] or not all(isinstance(m, (int, float)) for m in entry[1:])):
+            raise ValueError(f"SOLVER.CUSTOM_KEYS entries must be [name substring, lr_mult, decay_mult], got {entry!r}")
+        rules.append((entry[0], float(entry[1]), float(entry[2])))
+    keys = [key for key, _, _ in rules]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"SOLVER.CUSTOM_KEYS names a key twice: {keys}")
+    return sorted(sorted(rules), key=lambda rule: len(rule[0]), reverse=True)
+
+
 def param_groups(cfg, model):
     """One group per trainable parameter with its lr and weight decay.
 
+    A parameter whose name contains a key of SOLVER.CUSTOM_KEYS takes BASE_LR x lr_mult and
+    WEIGHT_DECAY x decay_mult of the first matching key (`custom_key_rules` order) and nothing
+    else, as mmcv's custom_keys; the others follow the multiplier and norm/embedding rules.
     Frozen parameters (requires_grad False) are left out, so freezing is decided by the
     model alone.
     """
     base_lr, wd = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+    rules = custom_key_rules(cfg.SOLVER.CUSTOM_KEYS)
     groups, seen = [], set()
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or param in seen:
                 continue
             seen.add(param)
-            lr, decay = base_lr, wd
-            if module_name.startswith("backbone"):
-                lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
+            full_name = f"{module_name}.{name}" if module_name else name
+            rule = next((r for r in rules if r[0] in full_name), None)
+            if rule is not None:
+                lr, decay = base_lr * rule[1], wd * rule[2]
             else:
-                lr *= cfg.SOLVER.HEAD_MULTIPLIER
-            if isinstance(module, NORM_TYPES):
-                decay = cfg.SOLVER.WEIGHT_DECAY_NORM
-            elif isinstance(module, torch.nn.Embedding) or name in EMBED_NAMES:
-                decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+                lr, decay = base_lr, wd
+                if module_name.startswith("backbone"):
+                    lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
+                else:
+                    lr *= cfg.SOLVER.HEAD_MULTIPLIER
+                if isinstance(module, NORM_TYPES):
+                    decay = cfg.SOLVER.WEIGHT_DECAY_NORM
+                elif isinstance(module, torch.nn.Embedding) or name in EMBED_NAMES:
+                    decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
             groups.append({"params": [param], "lr": lr, "weight_decay": decay})
     if not groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")

@@ -21,7 +21,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from detectron2.engine import DefaultTrainer, defaults
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, defaults
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
 from detectron2.projects.deeplab import build_lr_scheduler
@@ -67,11 +67,29 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def without_amp_off_cuda(cfg):
+    """`cfg`, or a copy with SOLVER.AMP.ENABLED False when the model does not run on CUDA.
+
+    detectron2's AMPTrainer asserts CUDA; the configs of releases that trained with AMP keep it
+    on, and train in float32 elsewhere.
+    """
+    if not cfg.SOLVER.AMP.ENABLED or cfg.MODEL.DEVICE.startswith("cuda"):
+        return cfg
+    logger.info("SOLVER.AMP.ENABLED is True but the model runs on %s: training in float32 "
+                "(AMP needs CUDA)", cfg.MODEL.DEVICE)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = False
+    cfg.freeze()
+    return cfg
+
+
 class Trainer(DefaultTrainer):
     """Flow-pair datasets (FlowNetS pretraining) get pair loaders and FlowEvaluator; video
-    datasets the video loaders and VSSEvaluator."""
+    datasets the video loaders and VSSEvaluator. SOLVER.AMP.ENABLED applies on CUDA only."""
 
     def __init__(self, cfg):
+        cfg = without_amp_off_cuda(cfg)
         self._rng_to_restore = None
         # DefaultTrainer wraps the model with detectron2's create_ddp_model, which gives DDP
         # device_ids that it rejects for a CPU model: ours leaves them out for CPU processes.
@@ -124,7 +142,13 @@ class Trainer(DefaultTrainer):
             hooks["LRScheduler"] = {**fresh, **{k: saved_schedule[k] for k in SCHEDULER_PROGRESS if k in saved_schedule}}
         super().load_state_dict({**state_dict, "hooks": hooks})
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            saved = state_dict["_trainer"]
+            if isinstance(self._trainer, AMPTrainer) and "grad_scaler" not in saved:
+                # written by a float32 run (e.g. on the CPU): the AMP gradient scaler starts afresh
+                logger.info("the checkpoint holds no AMP gradient-scaler state: it starts afresh")
+                SimpleTrainer.load_state_dict(self._trainer, saved)
+            else:
+                self._trainer.load_state_dict(saved)
         if "data" in state_dict:
             self.data_loader.load_state_dict(state_dict["data"])
         self._rng_to_restore = state_dict.get("rng")
@@ -188,6 +212,7 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder,
             vc_windows=tuple(cfg.TEST.VSS.VC_WINDOWS),
             save_predictions=cfg.TEST.VSS.SAVE_PREDICTIONS,
+            miou_classes=cfg.TEST.VSS.MIOU_CLASSES,
         )
 
     @classmethod

@@ -211,7 +211,7 @@ def _grid_flow(model, flow_module, image, key_image, queries):
 def _propagated(model, class_logits, mask_logits, padded, flow, image_size, frame_size):
     """MPVSS's prediction for a frame: key-frame mask logits (Q, h, w) warped with `flow`
     ((Q or 1, 2, hf, wf) over the padded input; None: unchanged), through the semantic path."""
-    masks = mask_logits[None] if flow is None else warp_masks(mask_logits[None], flow[None])
+    masks = mask_logits[None] if flow is None else warp_masks(mask_logits[None], flow[None], model.temporal.warp)
     (output,) = semantic_outputs(class_logits[None], masks, padded, [image_size], [frame_size],
                                  model.temporal.sem_seg_postprocess_before_inference)
     return output

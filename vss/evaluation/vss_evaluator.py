@@ -6,6 +6,11 @@ Definitions (VSPW's evaluation scripts):
   ignore pixels (255) are left out. IoU_c = TP / (TP + FP + FN). mIoU is the mean IoU
   over the classes that occur in the ground truth; WIoU weighs each of those classes by
   its share of ground-truth pixels; pACC = TP / labelled pixels.
+- `miou_classes="gt_or_pred"` (TEST.VSS.MIOU_CLASSES) averages instead over the classes
+  in the ground truth or the prediction (of labelled pixels), as the MPVSS release's
+  evaluator does (O: mask2former/evaluation/vspw_seg_evaluation.py:141-152): a class only
+  predicted counts with IoU 0. Its per-class IoU stays NaN there (as the release reports
+  it), and WIoU and pACC do not change (the release's fwIoU is this WIoU).
 - mVC_n: for a video of N frames, windows of n consecutive frames start at
   i in range(N - n) (the official script stops one window short; kept for comparable
   numbers, so a video of N <= n frames has no window). A = pixels whose ground truth
@@ -44,11 +49,14 @@ from ..data.io import IGNORE_LABEL, read_label
 logger = logging.getLogger(__name__)
 
 
+MIOU_CLASSES = ("gt", "gt_or_pred")
+
+
 class VSSEvaluator(DatasetEvaluator):
     """Confusion-matrix metrics and video consistency over a video dataset."""
 
     def __init__(self, dataset_name, distributed=True, output_dir=None, vc_windows=(8, 16),
-                 save_predictions=False):
+                 save_predictions=False, miou_classes="gt"):
         """
         Args:
             dataset_name (str): registered dataset; its metadata gives `stuff_classes` and
@@ -59,6 +67,7 @@ class VSSEvaluator(DatasetEvaluator):
             save_predictions (bool): write predicted label PNGs as VSPW's official scripts
                 (VC_perclip.py) read them: `<output_dir>/<video_id>/<frame stem>.png`, uint8,
                 0-based train ids, whatever the dataset's `label_offset`.
+            miou_classes (str): the classes mIoU averages over, one of MIOU_CLASSES (module doc).
         """
         meta = MetadataCatalog.get(dataset_name)
         self._dataset_name = dataset_name
@@ -68,6 +77,9 @@ class VSSEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._output_dir = output_dir
         self._save_predictions = save_predictions
+        if miou_classes not in MIOU_CLASSES:
+            raise ValueError(f"TEST.VSS.MIOU_CLASSES must be one of {MIOU_CLASSES}, got {miou_classes!r}")
+        self._miou_classes = miou_classes
         windows = sorted(set(vc_windows))
         bad = [n for n in windows if not isinstance(n, (int, np.integer)) or n < 2]
         if bad:
@@ -242,7 +254,8 @@ class VSSEvaluator(DatasetEvaluator):
         iou[present] = tp[present] / (gt_pixels + pred_pixels - tp)[present]
 
         res = OrderedDict()
-        res["mIoU"] = 100 * iou[present].mean() if present.any() else math.nan
+        averaged = present | (pred_pixels > 0) if self._miou_classes == "gt_or_pred" else present
+        res["mIoU"] = 100 * iou[present].sum() / averaged.sum() if present.any() else math.nan
         res["WIoU"] = 100 * (gt_pixels[present] / total * iou[present]).sum() if total else math.nan
         res["pACC"] = 100 * tp.sum() / total if total else math.nan
         for n in self._vc_windows:

@@ -19,7 +19,37 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-__all__ = ["SegFormerHead", "LevelEmbed", "FuseConv"]
+__all__ = ["SegFormerHead", "LevelEmbed", "FuseConv", "cross_entropy", "init_predictor"]
+
+LOSS_AVERAGES = ("valid", "all")
+PREDICTOR_INITS = ("normal", "pytorch")
+
+
+def check_choice(value, choices, key):
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+    return value
+
+
+def cross_entropy(logits, targets, ignore_value, average="valid"):
+    """Cross-entropy of `logits` upsampled (bilinear) to the size of `targets` (N, H, W), summed
+    over the non-ignored pixels and divided by their number ("valid"; 0 when there are none)
+    or by the number of all pixels, ignored and padded ones included ("all": mmseg 0.11's mean,
+    `avg_non_ignore` did not exist yet)."""
+    # float(): half-precision upsampling and cross-entropy lose too much under AMP.
+    logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
+    if average == "all":
+        return total / targets.numel()
+    return total / (targets != ignore_value).sum().clamp(min=1)
+
+
+def init_predictor(conv, init):
+    """Initialise a 1x1 classifier: "normal" draws N(0, 0.01) weights and zeroes the bias (every
+    class starts near-equally likely); "pytorch" keeps nn.Conv2d's own init."""
+    if init == "normal":
+        nn.init.normal_(conv.weight, std=0.01)
+        nn.init.zeros_(conv.bias)
 
 
 class LevelEmbed(nn.Module):
@@ -56,7 +86,7 @@ class FuseConv(nn.Module):
 class SegFormerHead(nn.Module):
     @configurable
     def __init__(self, input_shape, *, num_classes, embed_dim=256, norm="BN", dropout=0.1,
-                 loss_weight=1.0, ignore_value=255):
+                 loss_weight=1.0, ignore_value=255, loss_average="valid", predictor_init="normal"):
         """
         Args:
             input_shape: {name: ShapeSpec} of the levels to fuse; the finest (smallest
@@ -68,6 +98,8 @@ class SegFormerHead(nn.Module):
             dropout: Dropout2d probability before the classifier.
             loss_weight: factor on the cross-entropy loss.
             ignore_value: label value excluded from the loss.
+            loss_average: "valid" or "all", see `cross_entropy`.
+            predictor_init: "normal" or "pytorch", see `init_predictor`.
         """
         super().__init__()
         if not input_shape:
@@ -79,14 +111,14 @@ class SegFormerHead(nn.Module):
         self.num_classes = num_classes
         self.loss_weight = loss_weight
         self.ignore_value = ignore_value
+        self.loss_average = check_choice(loss_average, LOSS_AVERAGES, "MODEL.SEM_SEG_HEAD.LOSS_AVERAGE")
         for i, (_, shape) in enumerate(levels):
             self.add_module(f"linear_c{i + 1}", LevelEmbed(shape.channels, embed_dim))
         self.linear_fuse = FuseConv(len(levels) * embed_dim, embed_dim, norm)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
-        # Small logits at the start: every class starts near-equally likely.
-        nn.init.normal_(self.linear_pred.weight, std=0.01)
-        nn.init.zeros_(self.linear_pred.bias)
+        init_predictor(self.linear_pred, check_choice(predictor_init, PREDICTOR_INITS,
+                                                      "MODEL.SEM_SEG_HEAD.PREDICTOR_INIT"))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -102,6 +134,8 @@ class SegFormerHead(nn.Module):
             "norm": head.NORM,
             "loss_weight": head.LOSS_WEIGHT,
             "ignore_value": head.IGNORE_VALUE,
+            "loss_average": head.LOSS_AVERAGE,
+            "predictor_init": head.PREDICTOR_INIT,
         }
 
     def forward_features(self, features):
@@ -133,8 +167,5 @@ class SegFormerHead(nn.Module):
         return logits, {}
 
     def losses(self, logits, targets):
-        """Cross-entropy over the non-ignored pixels, logits upsampled to the label size."""
-        # float(): half-precision upsampling and cross-entropy lose too much under AMP.
-        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+        loss = cross_entropy(logits, targets, self.ignore_value, self.loss_average)
         return {"loss_sem_seg": loss * self.loss_weight}

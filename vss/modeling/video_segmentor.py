@@ -19,6 +19,8 @@ from torch import nn
 
 from .video_state import VideoStates
 
+FROZEN_MODES = ("eval", "train")
+
 TEMPORAL_HEAD_REGISTRY = Registry("TEMPORAL_HEAD")
 TEMPORAL_HEAD_REGISTRY.__doc__ = """
 Temporal heads of VideoSegmentor. A head is built as `head(cfg, backbone_shape)` and has
@@ -43,15 +45,21 @@ class VideoSegmentor(nn.Module):
 
     @configurable
     def __init__(self, *, backbone, sem_seg_head, temporal, pixel_mean, pixel_std,
-                 size_divisibility=32, max_open_videos=2, trainable=()):
+                 size_divisibility=32, max_open_videos=2, trainable=(), frozen_mode="eval"):
         """
         Args:
             temporal: the temporal head (see TEMPORAL_HEAD_REGISTRY).
             size_divisibility: pad inputs to a multiple of this; < 0 uses the backbone's.
             max_open_videos: videos whose state is kept at once during inference.
-            trainable: name prefixes of the parameters to train; the others are frozen and
-                their modules kept in eval mode (e.g. BN statistics). Empty: train all.
+            trainable: name prefixes of the parameters to train; the others are frozen.
+                Empty: train all.
+            frozen_mode: "eval" keeps the frozen modules in eval mode during training (BN
+                running statistics, no dropout or drop path); "train" leaves them in the
+                model's mode, as the MPVSS release (its frozen SyncBN normalises with batch
+                statistics and updates its running statistics).
         """
+        if frozen_mode not in FROZEN_MODES:
+            raise ValueError(f"MODEL.VIDEO.FROZEN_MODE is {frozen_mode!r}; expected one of {FROZEN_MODES}")
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
@@ -60,7 +68,8 @@ class VideoSegmentor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.states = VideoStates(max_open_videos)
-        self._frozen_modules = self._freeze(tuple(trainable)) if trainable else []
+        frozen = self._freeze(tuple(trainable)) if trainable else []
+        self._frozen_modules = frozen if frozen_mode == "eval" else []
 
     def _freeze(self, prefixes):
         names = [n for n, _ in self.named_parameters()]
@@ -95,6 +104,7 @@ class VideoSegmentor(nn.Module):
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "max_open_videos": cfg.MODEL.VIDEO.MAX_OPEN_VIDEOS,
             "trainable": cfg.MODEL.VIDEO.TRAINABLE,
+            "frozen_mode": cfg.MODEL.VIDEO.FROZEN_MODE,
         }
 
     @property

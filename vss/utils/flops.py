@@ -24,6 +24,7 @@ from fvcore.nn.jit_handles import bmm_flop_jit
 from torch import nn
 from tqdm import tqdm
 
+from ..data.clips import release_test_clip
 from ..modeling.mpvss.propagation import MaskPropagation
 from ..modeling.tv3s.head import StateSpaceSharing
 from .hook_flops import hook_flops
@@ -194,8 +195,8 @@ class FramePlan:
 
 def frame_plan(model):
     """The FramePlan of `model`: per-frame models (no temporal head) one frame; MPVSS one key
-    and one propagated frame; TV3S streaming one step after a first frame; TV3S clip mode one
-    frame (every frame scans a clip of the same length)."""
+    and one propagated frame; TV3S streaming one step after a first frame; TV3S clip mode the
+    first frame with a whole clip (every later frame scans a clip of the same length)."""
     temporal = getattr(model, "temporal", None)
     if isinstance(temporal, MaskPropagation) and temporal.policy.interval > 1:
         k = temporal.policy.interval
@@ -211,12 +212,17 @@ def frame_plan(model):
         return FramePlan({1: "streaming step"}, lambda i: 1 if i > 0 else None, (1,),
                          "one streaming step counted (frame 1, after a first frame that starts the carried "
                          "states): every later frame costs the same")
+    if isinstance(temporal, StateSpaceSharing):
+        offsets = temporal.clip_offsets
+        k = next(p for p in range(-offsets[0] + 1) if release_test_clip(p, offsets, list(range(p + 1)), 0))
+        return FramePlan({k: "clip frame"}, lambda i: k if i >= k else None, (k,),
+                         f"one frame counted (frame {k}, the first with a whole clip: every later frame scans a "
+                         f"clip of the same length; frames 0..{k - 1} of the release's clip test use the per-frame "
+                         "head alone and cost less)")
     if temporal is None:
         why = "a per-frame model: every frame costs the same"
     elif isinstance(temporal, MaskPropagation):
         why = "MODEL.MPVSS.KEY_INTERVAL 1: every frame is a key frame"
-    elif isinstance(temporal, StateSpaceSharing):
-        why = "TV3S clip mode: every frame scans a clip of the same length"
     else:
         raise ValueError(f"frame_plan: no plan for the temporal head {type(temporal).__name__}; count every "
                          "frame instead (tools/analyze_model.py --frames N)")

@@ -1,7 +1,8 @@
 """MPVSS motion decoder and flow head: per-query flow maps from the motion features.
 
 Paper section 3.3 with the official release's exact computation (OFFICIAL_CODE_FACTS
-section 1.3). Parameter names and registration order are the official ones.
+section 1.3). Parameter names, registration order and the order in which the
+layers draw their random initial weights are the official ones.
 
 1. Refinement (`refine`): flow queries and the three coarsest motion levels (conv6,
    conv5, conv4, each projected to `hidden_dim`) are concatenated into one sequence per
@@ -102,14 +103,15 @@ class MotionDecoder(nn.Module):
             deconv = self.refined_deconv_channels if attend else self.flownets_deconv_channels
             self._build_pixel_flow([c2, c3, *coarse], deconv)
         if attend:
-            self.transformer_self_attention_layers = nn.ModuleList(
-                SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
-                for _ in range(num_layers)
-            )
-            self.transformer_ffn_layers = nn.ModuleList(
-                FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm)
-                for _ in range(num_layers)
-            )
+            self.transformer_self_attention_layers = nn.ModuleList()
+            self.transformer_ffn_layers = nn.ModuleList()
+            # built layer by layer, as the release does (O: mask2former/modeling/motion/motion_decoder.py:66-83),
+            # so that a seed gives the release's initial weights
+            for _ in range(num_layers):
+                self.transformer_self_attention_layers.append(
+                    SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm))
+                self.transformer_ffn_layers.append(
+                    FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm))
         if query_flow:
             self.decoder_norm = nn.LayerNorm(hidden_dim)
             self.output_head = MLP(hidden_dim, 2 * hidden_dim, hidden_dim, 3)

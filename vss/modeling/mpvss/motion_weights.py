@@ -5,7 +5,8 @@ motion encoder. MODEL.WEIGHTS gives the first (detectron2's checkpointer); this 
 run after it and logged on its own, gives the second:
 
 - source tensors: those under `temporal.flow.` (tools/convert_flownets.py, an MPVSS
-  checkpoint) or `flow.` (a FlowNetS pretraining run, vss/modeling/flownets.py);
+  checkpoint of this project), `flow.` (a FlowNetS pretraining run, vss/modeling/flownets.py)
+  or `motion.` (an MPVSS checkpoint of the official release);
 - target: the model's one FlowEstimator (`temporal.flow` of MPVSS, `flow` of FlowNetS);
 - a tensor loads where name and shape agree. The whole encoder must load (anything else
   means MODEL.MOTION.ENCODER_* differ from the checkpoint's); the decoder loads where
@@ -24,7 +25,7 @@ __all__ = ["SOURCE_PREFIXES", "find_flow_module", "load_motion_weights", "motion
 
 logger = logging.getLogger(__name__)
 
-SOURCE_PREFIXES = ("temporal.flow.", "flow.")
+SOURCE_PREFIXES = ("temporal.flow.", "flow.", "motion.")
 
 
 def find_flow_module(model):

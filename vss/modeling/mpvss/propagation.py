@@ -26,7 +26,7 @@ from ..mask2former.maskformer import prepare_targets
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
 from .flow import FlowEstimator
 from .keyframes import KeyFrameCache, KeyFramePolicy, mask_confidence
-from .warp import warp_masks
+from .warp import WARPS, warp_masks
 
 PROPAGATIONS = ("flow", "copy")
 KEY_POLICIES = ("fixed", "adaptive")
@@ -34,8 +34,13 @@ KEY_POLICIES = ("fixed", "adaptive")
 
 @TEMPORAL_HEAD_REGISTRY.register()
 class MaskPropagation(nn.Module):
+    # The release saves the whole model with this head's flow module as `motion.*` and its
+    # criterion as `criterion.*` (O: mask2former/mpvss.py:78-82); MODEL.WEIGHTS naming them so
+    # (an official MPVSS checkpoint) loads renamed (vss.engine.checkpoint).
+    weights_renamed = {"motion.": "flow.", "criterion.": "criterion."}
+
     @configurable
-    def __init__(self, *, flow, criterion, policy, sem_seg_postprocess_before_inference=False):
+    def __init__(self, *, flow, criterion, policy, warp="exact", sem_seg_postprocess_before_inference=False):
         """
         Args:
             flow: module called as flow(images, key_images, key_queries, image_sizes) ->
@@ -43,12 +48,17 @@ class MaskPropagation(nn.Module):
                 None for the "copy" baseline: zero flow, key masks reused unchanged.
             criterion: Mask2Former SetCriterion; its weight_dict weighs the losses.
             policy: KeyFramePolicy choosing the key frames at inference.
+            warp: how flow moves the key masks, one of warp.WARPS: "exact" or "release"
+                (the official release's grid, needed by its checkpoints; see warp.py).
             sem_seg_postprocess_before_inference: as MaskFormer's (semantic.semantic_postprocess).
         """
         super().__init__()
         self.flow = flow
         self.criterion = criterion
         self.policy = policy
+        if warp not in WARPS:
+            raise ValueError(f"MODEL.MPVSS.WARP must be one of {WARPS}, got {warp!r}")
+        self.warp = warp
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
 
     @classmethod
@@ -69,6 +79,7 @@ class MaskPropagation(nn.Module):
                 adaptive=mpvss.KEY_POLICY == "adaptive",
                 min_confidence_ratio=mpvss.KEY_MIN_CONFIDENCE_RATIO,
             ),
+            "warp": mpvss.WARP,
             "sem_seg_postprocess_before_inference":
                 cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
         }
@@ -88,7 +99,7 @@ class MaskPropagation(nn.Module):
                              f"MODEL.MOTION.SIZE_DIVISIBILITY={div}; set MODEL.MASK_FORMER.SIZE_DIVISIBILITY "
                              "to a multiple of it so that flow and masks cover the same padded frame")
         flow = self.flow(images, key_images, key_queries, image_sizes)
-        return warp_masks(mask_logits, flow)
+        return warp_masks(mask_logits, flow, self.warp)
 
     def losses(self, model, batched_inputs):
         """Weighted Mask2Former losses of the key frames' predictions warped to the labelled frames."""

@@ -5,15 +5,25 @@ current frame's pixel (x, y) was in the key frame, so the warped mask at p sampl
 key frame's mask at p + flow(p) (bilinear, border padding: pixels whose source lies
 outside the key frame take the nearest border value).
 
-Deviation from the official release (OFFICIAL_CODE_FACTS 1.5): it normalises the
-sampling grid by W while sampling with align_corners=True, which moves every sample by
-up to a pixel even at zero flow. Here samples are taken in pixel coordinates, so zero
-flow returns the key frame's masks exactly and an integer flow is an exact shift.
+Two ways to do it (MODEL.MPVSS.WARP):
+
+- "exact" (default): samples taken in pixel coordinates, so zero flow returns the key
+  frame's masks exactly and an integer flow is an exact shift. The flow is resized to
+  the masks' grid and its dx, dy scaled by the width and height ratios.
+- "release": the official release's warp (mmtrack/core/motion/flow.py `flow_warp_feats`,
+  called by O: mask2former/mpvss.py:182-185): the flow is resized by the one factor
+  s = mask width / flow width (bilinear, align_corners False) and multiplied by s; the
+  grid (x + dx) / W * 2 - 1, (y + dy) / H * 2 - 1 is sampled by grid_sample with
+  align_corners=True and border padding. Dividing by W while aligning corners puts
+  the sample at (x + dx) * (W - 1) / W: even zero flow moves every mask by up to a
+  pixel. An official checkpoint was trained and evaluated with it.
 """
 import torch
 from torch.nn import functional as F
 
-__all__ = ["upsample_flow", "warp_masks"]
+__all__ = ["WARPS", "upsample_flow", "warp_masks"]
+
+WARPS = ("exact", "release")
 
 
 def upsample_flow(flow, size):
@@ -31,7 +41,7 @@ def upsample_flow(flow, size):
     return flow * scale
 
 
-def warp_masks(mask_logits, flow):
+def warp_masks(mask_logits, flow, mode="exact"):
     """Warp key-frame mask logits to the current frame, one flow map per query.
 
     Args:
@@ -40,10 +50,14 @@ def warp_masks(mask_logits, flow):
             all moved by their query's flow.
         flow: (B, Q, 2, hf, wf) backward flow (channel 0 = dx, 1 = dy) in pixels of its
             own grid, or (B, 1, 2, hf, wf) for one flow shared by every query (pixel-wise
-            optical flow); any grid size (it is resized to h x w, see `upsample_flow`).
+            optical flow). "exact": any grid size (resized to h x w, see `upsample_flow`);
+            "release": w / wf times the grid must be h x w, as the release requires.
+        mode: one of WARPS (see the module docstring).
     Returns:
         the warped logits, shaped like `mask_logits`.
     """
+    if mode not in WARPS:
+        raise ValueError(f"warp_masks: MODEL.MPVSS.WARP must be one of {WARPS}, got {mode!r}")
     if mask_logits.dim() not in (4, 5):
         raise ValueError(f"warp_masks: mask_logits must be (B, Q, h, w) or (B, Q, P, h, w), "
                          f"got {tuple(mask_logits.shape)}")
@@ -55,10 +69,33 @@ def warp_masks(mask_logits, flow):
     if flow.shape[1] > 1 and flow.stride(1) == 0:
         flow = flow[:, :1]  # one map expanded over the queries (pixel flow): warp with it once
     # at least float32 even under AMP: half precision cannot address pixels of a wide frame
-    flow = upsample_flow(flow.flatten(0, 1).to(torch.promote_types(flow.dtype, torch.float32)), (h, w))
-    source = mask_logits.reshape(flow.shape[0], -1, h * w)
-    warped = _bilinear_gather(source, flow, h, w)
+    flow = flow.flatten(0, 1).to(torch.promote_types(flow.dtype, torch.float32))
+    source = mask_logits.reshape(flow.shape[0], -1, h, w)
+    source = source.to(torch.promote_types(source.dtype, flow.dtype))
+    if mode == "exact":
+        warped = _bilinear_gather(source.flatten(2), upsample_flow(flow, (h, w)), h, w)
+    else:
+        warped = _release_grid_sample(source, flow)
     return warped.to(mask_logits.dtype).reshape(mask_logits.shape)
+
+
+def _release_grid_sample(source, flow):
+    """The release's warp of `source` (N, C, h, w) by `flow` (N, 2, hf, wf) (module docstring).
+
+    Every channel is sampled with the same grid, as the release warps each prediction
+    (channel) separately with one flow.
+    """
+    h, w = source.shape[-2:]
+    scale = float(w) / flow.shape[-1]
+    flow = F.interpolate(flow, scale_factor=scale, mode="bilinear", align_corners=False) * scale
+    if tuple(flow.shape[-2:]) != (h, w):
+        raise ValueError(f"warp_masks (MODEL.MPVSS.WARP 'release'): the flow grid {tuple(flow.shape[-2:])} "
+                         f"(resized by the width ratio {scale:g}) does not cover the {h}x{w} masks; the release's "
+                         "warp needs flow and masks of one aspect (frames padded to MODEL.MOTION.SIZE_DIVISIBILITY)")
+    ys, xs = torch.meshgrid(torch.arange(h, device=flow.device), torch.arange(w, device=flow.device), indexing="ij")
+    grid = torch.stack((xs, ys)).to(flow)[None] + flow
+    grid = torch.stack((grid[:, 0] / w * 2 - 1, grid[:, 1] / h * 2 - 1), dim=-1)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _bilinear_gather(source, flow, h, w):
@@ -78,7 +115,6 @@ def _bilinear_gather(source, flow, h, w):
     ax, ay = (px - x0).flatten(1).unsqueeze(1), (py - y0).flatten(1).unsqueeze(1)
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    source = source.to(torch.promote_types(source.dtype, flow.dtype))
 
     def at(y, x):
         index = (y * w + x).flatten(1).unsqueeze(1).expand(-1, source.shape[1], -1)

@@ -11,9 +11,11 @@ Inference streams a video one WHOLE frame at a time (MODEL.TV3S.INFERENCE "strea
 frame's tokens of every window are scanned starting from the conv and scan states that window
 reached at the end of the previous frame. Because every other operation is per token, this
 equals scanning the clip of all frames so far in one go, at a cost and memory per frame that do
-not depend on the video's length. "clip" reproduces the release's default test instead: every
-frame is predicted from a fresh clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS
-before it (the training clip).
+not depend on the video's length. "clip" reproduces the release's default test instead
+(`tools/test.py --mode 0`): every frame is predicted from a fresh clip of itself and the frames
+at INPUT.VIDEO.CLIP_OFFSETS before it (the training clip), with the release's clips for a
+video's first frames (vss.data.clips.release_test_clip): the per-frame head's prediction for
+the first 3 frames, fixed frame lists for the next 6.
 
 Names follow the release (`vs.layers.{i}.mixer.*`, `vs.layers.{i}.norm`, `vs.norm_f`,
 `linear_pred2`), so its `decode_head.vs.*` / `decode_head.linear_pred2.*` weights load under
@@ -28,9 +30,10 @@ from detectron2.config import configurable
 from detectron2.structures import ImageList
 from torch import nn
 
-from ...data.mappers import check_clip_offsets
+from ...data.clips import check_clip_offsets, release_test_clip
 from ..backbone.swin import drop_path
 from ..postprocess import sem_seg_output
+from ..segformer_head import LOSS_AVERAGES, PREDICTOR_INITS, check_choice, cross_entropy, init_predictor
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
 from .mamba import MambaBlock, RMSNorm
 from .windows import merge, partition, window_groups
@@ -38,7 +41,8 @@ from .windows import merge, partition, window_groups
 __all__ = ["ShiftedWindowMamba", "StateSpaceSharing", "StreamState", "ClipState", "mamba_map_size"]
 
 INFERENCE_MODES = ("stream", "clip")
-TEMPORAL_LOSS_FRAMES = ("last", "all")
+# Clip frames a loss term supervises (MODEL.TV3S.TEMPORAL_LOSS_FRAMES, AUX_LOSS_FRAMES).
+LOSS_FRAMES = ("last", "all")
 
 
 def mamba_map_size(height, width, window_size):
@@ -52,13 +56,15 @@ class ShiftedWindowMamba(nn.Module):
     shifted windows, then a final RMSNorm of the residual stream (the release's `vs`)."""
 
     def __init__(self, d_model, num_layers=8, window_size=20, shift=10, d_state=16, d_conv=4, expand=2,
-                 drop_path=0.1):
+                 drop_path=0.1, rescale_out_proj=True):
         """
         Args:
             num_layers: Mamba blocks (the paper's N TV3S blocks are 2N layers).
             window_size, shift: see windows.py.
             drop_path: stochastic depth of the last block's output; the k-th block's output
                 gets drop_path * k / (num_layers - 1), as in the release.
+            rescale_out_proj: divide every out_proj's initial weights by sqrt(num_layers); the
+                release keeps nn.Linear's init.
         """
         super().__init__()
         if num_layers < 1:
@@ -75,11 +81,13 @@ class ShiftedWindowMamba(nn.Module):
         )
         self.norm_f = RMSNorm(d_model)
         self.drop_path = rates[-1]
-        # mamba-ssm's pre-norm residual init: every block adds its output to the residual
-        # stream, so out_proj starts 1/sqrt(blocks) smaller to keep that stream's scale.
-        with torch.no_grad():
-            for layer in self.layers:
-                layer.mixer.out_proj.weight /= math.sqrt(num_layers)
+        # mamba-ssm's pre-norm residual init (its MixerModel's, which the release's head does not
+        # use): every block adds its output to the residual stream, so out_proj starts
+        # 1/sqrt(blocks) smaller to keep that stream's scale.
+        if rescale_out_proj:
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.mixer.out_proj.weight /= math.sqrt(num_layers)
 
     def groups(self, layer, height, width):
         # int(): under torch.jit.trace (fvcore) sizes are tensors, which would key the cache by
@@ -137,10 +145,12 @@ class ClipState:
 
     Attributes:
         image_size: (H, W) of the video's frames (before padding).
+        first: frame_idx of the video's first frame.
         frames: ((frame_idx, (1, 1, C, h, w) Mamba input), ...), oldest first.
     """
 
     image_size: tuple
+    first: int
     frames: tuple
 
 
@@ -149,7 +159,8 @@ class StateSpaceSharing(nn.Module):
     @configurable
     def __init__(self, *, num_classes, embed_dim=256, window_size=20, shift=10, num_blocks=4, d_state=16,
                  d_conv=4, expand=2, drop_path=0.1, dropout=0.1, aux_weight=0.5, temporal_weight=1.0,
-                 ignore_value=255, inference="stream", clip_offsets=(-9, -6, -3, 0), temporal_loss_frames="last"):
+                 ignore_value=255, inference="stream", clip_offsets=(-9, -6, -3, 0), temporal_loss_frames="last",
+                 aux_loss_frames="all", loss_average="valid", predictor_init="normal", rescale_out_proj=True):
         """
         Args:
             num_classes: classifier outputs.
@@ -159,28 +170,33 @@ class StateSpaceSharing(nn.Module):
             d_state, d_conv, expand: Mamba hyper-parameters.
             drop_path: stochastic depth (ShiftedWindowMamba).
             dropout: Dropout2d before the classifier.
-            aux_weight: weight of the per-frame (SegFormerHead) loss on every labelled clip frame.
+            aux_weight: weight of the per-frame (SegFormerHead) loss.
             temporal_weight: weight of the loss on the temporal predictions.
             ignore_value: label value excluded from the losses.
             inference: "stream" (carried states) or "clip" (a fresh clip per frame).
             clip_offsets: clip mode: frame offsets of a clip, <= 0, the current frame (0) last.
             temporal_loss_frames: "last" (the release) or "all": the clip frames whose temporal
                 prediction the loss supervises.
+            aux_loss_frames: "all" (the VSPW release) or "last" (the Cityscapes release): the clip
+                frames whose per-frame prediction the loss supervises.
+            loss_average: "valid" or "all" (the release), see segformer_head.cross_entropy; both
+                losses average over all supervised frames' pixels at once.
+            predictor_init: init of linear_pred2, "normal" or "pytorch" (the release), see
+                segformer_head.init_predictor.
+            rescale_out_proj: see ShiftedWindowMamba.
         """
         super().__init__()
         if inference not in INFERENCE_MODES:
             raise ValueError(f"MODEL.TV3S.INFERENCE must be one of {INFERENCE_MODES}, got {inference!r}")
-        if temporal_loss_frames not in TEMPORAL_LOSS_FRAMES:
-            raise ValueError(f"MODEL.TV3S.TEMPORAL_LOSS_FRAMES must be one of {TEMPORAL_LOSS_FRAMES}, "
-                             f"got {temporal_loss_frames!r}")
+        check_choice(temporal_loss_frames, LOSS_FRAMES, "MODEL.TV3S.TEMPORAL_LOSS_FRAMES")
+        check_choice(aux_loss_frames, LOSS_FRAMES, "MODEL.TV3S.AUX_LOSS_FRAMES")
         offsets = check_clip_offsets(clip_offsets)
         self.vs = ShiftedWindowMamba(embed_dim, 2 * num_blocks, window_size, shift, d_state, d_conv, expand,
-                                     drop_path)
+                                     drop_path, rescale_out_proj)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred2 = nn.Conv2d(embed_dim, num_classes, 1)
-        # Small logits at the start, like the per-frame classifier.
-        nn.init.normal_(self.linear_pred2.weight, std=0.01)
-        nn.init.zeros_(self.linear_pred2.bias)
+        init_predictor(self.linear_pred2, check_choice(predictor_init, PREDICTOR_INITS,
+                                                       "MODEL.SEM_SEG_HEAD.PREDICTOR_INIT"))
         self.window_size = window_size
         self.aux_weight = aux_weight
         self.temporal_weight = temporal_weight
@@ -188,6 +204,8 @@ class StateSpaceSharing(nn.Module):
         self.inference = inference
         self.clip_offsets = offsets
         self.temporal_loss_frames = temporal_loss_frames
+        self.aux_loss_frames = aux_loss_frames
+        self.loss_average = check_choice(loss_average, LOSS_AVERAGES, "MODEL.SEM_SEG_HEAD.LOSS_AVERAGE")
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -209,6 +227,10 @@ class StateSpaceSharing(nn.Module):
             "inference": tv3s.INFERENCE,
             "clip_offsets": cfg.INPUT.VIDEO.CLIP_OFFSETS,
             "temporal_loss_frames": tv3s.TEMPORAL_LOSS_FRAMES,
+            "aux_loss_frames": tv3s.AUX_LOSS_FRAMES,
+            "loss_average": cfg.MODEL.SEM_SEG_HEAD.LOSS_AVERAGE,
+            "predictor_init": cfg.MODEL.SEM_SEG_HEAD.PREDICTOR_INIT,
+            "rescale_out_proj": tv3s.RESCALE_OUT_PROJ,
         }
 
     # ---- the network -----------------------------------------------------------------------
@@ -256,22 +278,21 @@ class StateSpaceSharing(nn.Module):
         # One backbone/fusion pass over all B * T frames: the fusion BN's batch statistics
         # cover every frame, as the release's SyncBN does.
         fused = self.fused_maps(model, images.tensor)
-        aux = model.sem_seg_head.predict(fused)
+        aux, aux_targets = model.sem_seg_head.predict(fused), targets  # b-major, like y
+        if self.aux_loss_frames == "last":
+            aux, aux_targets = aux[frames - 1 :: frames], targets[frames - 1 :: frames]
         y, _ = self.vs(self.mamba_input(fused, frames))
-        if self.temporal_loss_frames == "all":  # y is b-major like targets
+        if self.temporal_loss_frames == "all":
             temporal, temporal_targets = self.classify(y.flatten(0, 1), fused.shape[-2:]), targets
         else:
             temporal, temporal_targets = self.classify(y[:, -1], fused.shape[-2:]), targets[frames - 1 :: frames]
         return {
-            "loss_sem_seg_aux": self.aux_weight * self.cross_entropy(aux, targets),
+            "loss_sem_seg_aux": self.aux_weight * self.cross_entropy(aux, aux_targets),
             "loss_sem_seg": self.temporal_weight * self.cross_entropy(temporal, temporal_targets),
         }
 
     def cross_entropy(self, logits, targets):
-        """Mean over the non-ignored pixels (0 when there are none), logits upsampled to the labels."""
-        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-        total = F.cross_entropy(logits, targets, ignore_index=self.ignore_value, reduction="sum")
-        return total / (targets != self.ignore_value).sum().clamp(min=1)
+        return cross_entropy(logits, targets, self.ignore_value, self.loss_average)
 
     # ---- inference -------------------------------------------------------------------------
 
@@ -290,10 +311,13 @@ class StateSpaceSharing(nn.Module):
             y, layers = self.vs(x, None if state is None else state.layers)
             state = StreamState(image_size=size, layers=layers)
         else:
+            first = frame["frame_idx"] if state is None else state.first
             stored = (() if state is None else state.frames) + ((frame["frame_idx"], x),)
-            clip = self._clip(stored, frame["frame_idx"])
+            clip = self._clip(stored, frame["frame_idx"], first)
+            state = ClipState(image_size=size, first=first, frames=self._still_needed(stored, frame["frame_idx"]))
+            if clip is None:  # the release's first frames of a video: the per-frame head alone
+                return self._outputs(model.sem_seg_head.predict(fused), images, [frame])[0], state
             y, _ = self.vs(torch.cat(clip, dim=1))
-            state = ClipState(image_size=size, frames=self._still_needed(stored, frame["frame_idx"]))
         logits = self.classify(y[:, -1], fused.shape[-2:])
         return self._outputs(logits, images, [frame])[0], state
 
@@ -306,18 +330,16 @@ class StateSpaceSharing(nn.Module):
         logits = self.classify(y[0], fused.shape[-2:])
         return self._outputs(logits, images, frames)
 
-    def _clip(self, stored, frame_idx):
-        """The clip's Mamba inputs: for each offset the latest stored frame at or before it, or the
-        video's first frame for offsets before the video's start (as ClipMapper clamps)."""
-        clip = []
-        for offset in self.clip_offsets:
-            earlier = [x for i, x in stored if i <= frame_idx + offset]
-            clip.append(earlier[-1] if earlier else stored[0][1])
-        return clip
+    def _clip(self, stored, frame_idx, first):
+        """The Mamba inputs of the release's test clip of frame `frame_idx` (release_test_clip), or
+        None where the release uses the per-frame head; `stored` holds what `_still_needed` kept."""
+        inputs = dict(stored)
+        indices = release_test_clip(frame_idx, self.clip_offsets, sorted(inputs), first)
+        return None if indices is None else [inputs[i] for i in indices]
 
     def _still_needed(self, stored, frame_idx):
         """The stored frames a later frame's clip may pick: those within the clip's reach, and the
-        latest one before it."""
+        latest one before it (which stands in for missing frames there)."""
         reach = frame_idx + min(self.clip_offsets)
         older = [s for s in stored if s[0] <= reach]
         return tuple(older[-1:] + [s for s in stored if s[0] > reach])
