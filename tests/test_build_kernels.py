@@ -225,3 +225,36 @@ def test_finish_links_prepared_objects_into_an_importable_module(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import torch, demo, demo_cuda; print(demo_cuda.twice(torch.ones(2)).tolist())"],
                            env=dict(NO_GPU, PYTHONPATH=site), capture_output=True, text=True)
     assert check.stdout.strip() == "[2.0, 2.0]", check.stderr[-2000:]
+
+
+def test_importable_asks_a_fresh_interpreter():
+    assert bk._importable("json")
+    assert not bk._importable("vss_no_such_module")
+
+
+def test_the_headers_the_bindings_lack_travel_with_the_objects(tmp_path):
+    (tmp_path / "cuda" / "include" / "crt").mkdir(parents=True)
+    (tmp_path / "cuda" / "include" / "crt" / "host_defines.h").write_text("#pragma once\n")
+    (tmp_path / "cuda" / "include" / "cuda_runtime_api.h").write_text("")
+    bk.stage_cuda_headers(str(tmp_path / "cuda"), str(tmp_path / "out"))
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.h")) == [
+        "cuda_include/crt/host_defines.h"]
+
+
+def test_a_packed_folder_is_read_and_unpacked_by_finish(tmp_path):
+    folder = tmp_path / "prepared"
+    write_manifest(folder, {**MANIFEST_TARGET, "python": "3.99"})
+    (folder / "objects").mkdir()
+    (folder / "objects" / "k.o").write_bytes(b"\0" * 1000)
+    (folder / "site-py3.99-torch0").mkdir()  # an earlier finish: not packed
+    assert bk.main(["pack", str(folder)]) == 0
+    archive = str(folder) + ".tar.xz"
+    assert bk.load_manifest(archive)["target"]["python"] == "3.99"
+    extracted = tmp_path / "elsewhere"
+    extracted.mkdir()
+    os.replace(archive, extracted / "prepared.tar.xz")
+    assert bk.unpack(str(extracted / "prepared.tar.xz")) == str(extracted / "prepared")
+    assert sorted(os.listdir(extracted / "prepared")) == ["manifest.json", "objects"]
+    # finish refuses the archive's target like the folder's
+    proc = run_tool("finish", str(extracted / "prepared.tar.xz"))
+    assert proc.returncode != 0 and "the objects were prepared for Python 3.99" in proc.stderr

@@ -84,8 +84,11 @@ def recipe_cases():
             yield per_frame, {**base, "MODEL.WEIGHTS": f"output/pretrained/{IMAGENET[backbone]}",
                               "OUTPUT_DIR": f"output/{dataset}/mask2former/{backbone}"}
             swin = {"MODEL.SWIN.DROP_PATH_RATE": 0.3} if backbone.startswith("Swin") else {}
+            # the release's pair draw (mapper :137-145); a Cityscapes snippet has one labelled frame
+            draw = {"INPUT.VIDEO.PAIR_DRAW": "window" if dataset == "vspw" else "target"}
             yield f"configs/{dataset}/mpvss/{backbone}.yaml", {
-                **base, **MPVSS, **swin, "MODEL.WEIGHTS": f"output/{dataset}/mask2former/{backbone}/model_final.pth"}
+                **base, **MPVSS, **swin, **draw,
+                "MODEL.WEIGHTS": f"output/{dataset}/mask2former/{backbone}/model_final.pth"}
 
 
 @pytest.mark.parametrize("config,expected", list(recipe_cases()), ids=lambda c: c if isinstance(c, str) else "")

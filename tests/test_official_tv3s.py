@@ -23,10 +23,6 @@ from conftest import DATA, REPO, load_script
 
 FIXTURES = DATA / "official"
 REL = 1e-5
-# Gradients: our RMSNorm, cross-entropy and Mamba's exp(A_log), D and delta bias are computed in
-# float32 even in a float64 model (mamba-ssm's casts, for AMP), unlike the float64 fixtures:
-# measured worst 9.7e-6 (0 with those casts keeping float64).
-GRAD_REL = 5e-5
 # Adam's first step is ~lr x sign(gradient): an element whose gradient is within that rounding
 # error of 0 may step the other way. Up to this many such elements per tensor are accepted.
 FLIPS = 4
@@ -188,8 +184,8 @@ def test_train_step_gradient_of_every_head_parameter_equals_the_release(train_st
             worst[name] = float((grads[name].float() - g).abs().max()) / scale
         else:
             worst[name] = rel_diff(grads[name].float(), g)
-    bad = {k: v for k, v in worst.items() if v > GRAD_REL}
-    assert not bad, f"gradients off by more than {GRAD_REL} relative: {bad}"
+    bad = {k: v for k, v in worst.items() if v > REL}
+    assert not bad, f"gradients off by more than {REL} relative: {bad}"
 
 
 def test_train_step_batch_norm_statistics_equal_the_release(train_step):
@@ -265,7 +261,7 @@ def test_optimizer_step_loss_and_gradients_equal_the_release(optim_step):
         ref = fx["grad_check"][rows[name]]
         # measured against sum |g| (a sum may cancel); rounding-noise gradients against the largest
         err = float((checksum(g) - ref).abs().max() / (scale if name in noise else ref[1]))
-        if err > GRAD_REL:
+        if err > REL:
             bad[name] = err
     assert not bad, f"gradient checksums off (relative): {bad}"
 

@@ -22,16 +22,20 @@ Two ways:
   given to nvcc: the .cu objects depend on torch's headers and the architectures, not on Python.
   ``cuobjdump --list-elf`` checks that each object holds exactly the named architectures.
   DIR gets manifest.json (versions, architectures, per-step times, sizes, objects, the
-  remaining step), objects/, the bindings' sources and headers (src/) and the packages' Python
-  code (python/). The toolkit, the headers and the downloads stay in a work folder beside it
-  (--work, default DIR.work), which the GPU machine does not need.
+  remaining step), objects/, the bindings' sources and headers (src/), the packages' Python
+  code (python/), the CUDA headers the bindings need that torch's CUDA packages lack
+  (cuda_include/: CUDA 13's crt/) and the wheels of the pure-Python modules the kernels' Python
+  code imports (wheels/: einops, packaging). The toolkit, the headers and the downloads stay in
+  a work folder beside it (--work, default DIR.work), which the GPU machine does not need. A
+  run cut short resumes: objects already compiled by the same command are kept.
 
   ``finish`` refuses when the running Python, torch or CUDA version, or the GPU's architecture,
   does not match the manifest; otherwise it compiles each binding with the running torch's own
   extension builder (torch.utils.cpp_extension.load), links it with the prepared objects and
-  libcudart, and places the packages with their extensions in DIR/site-<python>-<torch>, which
-  ``--install`` also adds to this environment's site-packages (a .pth file). It prints the
-  folder to put on sys.path.
+  libcudart, and places the packages with their extensions in DIR/site-py<python>-torch<torch>
+  (with the wheels of wheels/ that this environment lacks), which ``--install`` also adds to
+  this environment's site-packages (a .pth file). It checks that the modules and packages
+  import, and prints the folder to put on sys.path as its last line.
 
 * ``build`` (the default when no subcommand is named; tools/install.sh uses it for
   VSS_EXTRAS=mamba): on one machine with nvcc and a GPU, each package's own setup.py runs
@@ -75,7 +79,7 @@ TOOLKIT = ["nvidia-cuda-nvcc", "nvidia-cuda-crt", "nvidia-nvvm", "nvidia-cuda-cc
 # cuobjdump (only read the objects: the registry has it from CUDA 13.2 on; any of the major version reads them)
 CUOBJDUMP = "nvidia-cuda-cuobjdump"
 # Pure-Python modules that the kernels' Python code imports on vss's path (triton comes with torch).
-RUNTIME_WHEELS = ["einops"]
+RUNTIME_WHEELS = ["einops", "packaging"]
 # mamba_ssm/__init__.py imports its Mamba2/Mamba3 modules and LM head model, which need tilelang,
 # transformers and more; vss uses only mamba_ssm.ops.selective_scan_interface. The placed package
 # gets this __init__ (the package's own is kept beside it as __init__.py.orig).
@@ -89,6 +93,9 @@ __version__ = {version!r}
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn, mamba_inner_fn  # noqa: F401
 '''
 FORMAT = 1
+# Toolkit headers that travel with the prepared folder, for the bindings (see stage_cuda_headers).
+CUDA_INCLUDE = "cuda_include"
+CUDA_HEADERS = ["crt"]
 
 
 class Refusal(SystemExit):
@@ -198,7 +205,8 @@ def fetch_sdist(package, offline, tmp, requirement=None):
     else:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                         "--no-build-isolation", f"{package}{requirement}", "-d", tmp], check=True)
-        pattern = os.path.join(tmp, f"{prefix}-*.tar.gz")
+        exact = requirement[2:] if requirement.startswith("==") else "*"
+        pattern = os.path.join(tmp, f"{prefix}-{exact}.tar.gz")
     archives = glob.glob(pattern)
     if len(archives) != 1:
         raise Refusal(f"expected one sdist matching {pattern}, found {archives}")
@@ -500,6 +508,16 @@ def stage_python(package, src, out, version):
     return {"python_package": os.path.join("python", prefix), "python_note": note}
 
 
+def stage_cuda_headers(cuda_home, out):
+    """The headers the bindings need (through c10/cuda) that torch's own CUDA packages lack:
+    nvidia-cuda-runtime's cuda_runtime_api.h includes crt/*.h, which CUDA 13 ships apart
+    (nvidia-cuda-crt). Copied to out/cuda_include/."""
+    dest = os.path.join(out, CUDA_INCLUDE)
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in CUDA_HEADERS:
+        shutil.copytree(os.path.join(cuda_home, "include", name), os.path.join(dest, name))
+
+
 def cmd_prepare(args):
     archs = parse_archs(args.arch)
     torch_version, local = parse_torch(args.torch)
@@ -570,6 +588,8 @@ def cmd_prepare(args):
         with open(manifest_path, "w") as f:  # a partial manifest already tells what finished
             json.dump(manifest, f, indent=1)
 
+    steps.run("cuda_headers", stage_cuda_headers, cuda_home, out)
+    manifest["cuda_include"] = CUDA_INCLUDE
     if RUNTIME_WHEELS:
         steps.run("runtime_wheels", pip_download, RUNTIME_WHEELS, os.path.join(out, "wheels"), "--only-binary", ":all:")
         manifest["runtime_wheels"] = sorted(os.listdir(os.path.join(out, "wheels")))
@@ -610,12 +630,23 @@ def cmd_prepare(args):
 
 # ---- finish: the bindings and the link, on the GPU machine ----------------------------------------
 
+ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tar")
+
+
 def load_manifest(folder):
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.isfile(path):
-        raise Refusal(f"{folder} has no manifest.json: make it with `tools/build_kernels.py prepare --out {folder}`")
-    with open(path) as f:
-        manifest = json.load(f)
+    """The manifest of a prepared folder, or of an archive of one (`pack`), checked."""
+    if folder.endswith(ARCHIVE_SUFFIXES) and os.path.isfile(folder):
+        with tarfile.open(folder) as tar:
+            member = next((m for m in tar if m.name.split("/", 1)[-1] == "manifest.json"), None)
+            if member is None:
+                raise Refusal(f"{folder} holds no manifest.json: make it with `tools/build_kernels.py pack DIR`")
+            manifest, path = json.load(tar.extractfile(member)), f"{folder}:{member.name}"
+    else:
+        path = os.path.join(folder, "manifest.json")
+        if not os.path.isfile(path):
+            raise Refusal(f"{folder} has no manifest.json: make it with `tools/build_kernels.py prepare --out {folder}`")
+        with open(path) as f:
+            manifest = json.load(f)
     if manifest.get("format") != FORMAT:
         raise Refusal(f"{path} is of format {manifest.get('format')}, this tool reads format {FORMAT}")
     if not manifest.get("packages"):
@@ -726,11 +757,45 @@ def cuda_include_dirs():
     raise Refusal("no CUDA runtime headers (cuda_runtime_api.h) in CUDA_HOME or next to torch")
 
 
+def cmd_pack(args):
+    """DIR -> DIR.tar.xz: what finish needs (no site-* folder of an earlier finish), manifest first."""
+    folder = os.path.abspath(args.folder).rstrip("/")
+    manifest = load_manifest(folder)
+    archive = folder + ".tar.xz"
+    start = time.perf_counter()
+    name = os.path.basename(folder)
+    entries = ["manifest.json", *(e for e in sorted(os.listdir(folder)) if e != "manifest.json" and not e.startswith("site-"))]
+    with tarfile.open(archive + ".tmp", "w:xz", preset=args.preset) as tar:
+        for entry in entries:
+            tar.add(os.path.join(folder, entry), f"{name}/{entry}")
+    os.replace(archive + ".tmp", archive)
+    packed = sum(tree_size(os.path.join(folder, e)) for e in entries)
+    log(f"{archive}: {human(os.path.getsize(archive))} (from {human(packed)}), "
+        f"{time.perf_counter() - start:.1f} s; finish takes it as it is")
+    print(archive)
+    return 0
+
+
+def unpack(archive):
+    """An archive of `pack` -> the folder it holds, extracted beside it (once)."""
+    with tarfile.open(archive) as tar:
+        top = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+        if len(top) != 1:
+            raise Refusal(f"{archive} should hold one folder, it holds {sorted(top)}")
+        dest = os.path.join(os.path.dirname(archive), top.pop())
+        if not os.path.isfile(os.path.join(dest, "manifest.json")):
+            log(f"extracting {archive} ...")
+            tar.extractall(os.path.dirname(archive), filter="data")
+    return dest
+
+
 def cmd_finish(args):
     import torch
 
     folder = os.path.abspath(args.folder)
     manifest = load_manifest(folder)
+    if folder.endswith(ARCHIVE_SUFFIXES) and os.path.isfile(folder):
+        folder = unpack(folder)
     python = ".".join(platform.python_version_tuple()[:2])
     capabilities = running_capabilities()
     problems = mismatches(manifest, python, torch.__version__, torch.version.cuda, capabilities)
@@ -751,6 +816,8 @@ def cmd_finish(args):
         shutil.copytree(os.path.join(folder, package["python_package"]),
                         os.path.join(site, os.path.basename(package["python_package"])))
     cuda_include, cudart = cuda_include_dirs(), cudart_library()
+    if manifest.get("cuda_include"):  # after the running CUDA's own headers: only what they lack
+        cuda_include.append(os.path.join(folder, manifest["cuda_include"]))
     extensions = [ext for package in manifest["packages"].values() for ext in package["extensions"]]
     with tempfile.TemporaryDirectory(prefix="vss-kernels-finish-") as build_root, \
             concurrent.futures.ThreadPoolExecutor(max(1, len(extensions))) as pool:
@@ -766,12 +833,14 @@ def cmd_finish(args):
     if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--target", site,
                         *[os.path.join(wheels, w) for w in missing]], check=True, stdout=subprocess.DEVNULL)
-    # as its package would: torch first (it loads libc10, libtorch), then the module
-    check = subprocess.run([sys.executable, "-c", "import torch, " + ", ".join(b["module"] for b in built)],
+    # as vss would: torch first (it loads libc10, libtorch), the modules, then the placed packages
+    # (mamba_ssm's __init__ imports its selective scan interface, causal_conv1d its conv)
+    packages = [os.path.basename(p["python_package"]) for p in manifest["packages"].values()]
+    check = subprocess.run([sys.executable, "-c", "import " + ", ".join(["torch", *(b["module"] for b in built), *packages])],
                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))),
                            capture_output=True, text=True)
     if check.returncode != 0:
-        raise Refusal(f"the linked modules do not import:\n{check.stderr[-3000:]}")
+        raise Refusal(f"the linked modules or their packages do not import:\n{check.stderr[-3000:]}")
     record = {"site": site, "seconds": round(time.perf_counter() - start, 1), "modules": built,
               "python": platform.python_version(), "torch": torch.__version__, "capabilities": capabilities}
     with open(os.path.join(site, "vss_finish.json"), "w") as f:
@@ -787,9 +856,9 @@ def cmd_finish(args):
 
 
 def _importable(module):
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    """Whether a fresh interpreter finds `module` (this process may see setuptools' vendored copies)."""
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 # ---- command line ----------------------------------------------------------------------------------
@@ -815,8 +884,11 @@ def parser():
     pr.add_argument("--version", dest="versions", action="append", default=[], metavar="PACKAGE==VERSION",
                     help=f"package versions (default {', '.join(f'{k}=={v}' for k, v in DEFAULT_VERSIONS.items())})")
     pr.add_argument("--offline", metavar="DIR", help="take the sdists from DIR")
+    pk = sub.add_parser("pack", help="DIR -> DIR.tar.xz, for carrying (finish takes either)")
+    pk.add_argument("folder", help="the folder `prepare --out` wrote")
+    pk.add_argument("--preset", type=int, default=6, choices=range(10), metavar="0-9", help="xz preset (default 6)")
     f = sub.add_parser("finish", help="on the GPU machine: the bindings and the link, in seconds")
-    f.add_argument("folder", help="the folder `prepare --out` wrote")
+    f.add_argument("folder", help="the folder `prepare --out` wrote, or its archive from `pack`")
     f.add_argument("--install", action="store_true", help="also add the result to this environment (a .pth file)")
     f.add_argument("--no-gpu", action="store_true", help="link without a visible GPU (its architecture is not checked)")
     return p
@@ -825,7 +897,7 @@ def parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # the old command line (no subcommand) is `build`
-    if not argv or argv[0] not in ("build", "prepare", "finish", "-h", "--help"):
+    if not argv or argv[0] not in ("build", "prepare", "pack", "finish", "-h", "--help"):
         argv = ["build", *argv]
     args = parser().parse_args(argv)
     if args.command == "prepare":
@@ -839,6 +911,8 @@ def main(argv=None):
         return cmd_prepare(args)
     if args.command == "finish":
         return cmd_finish(args)
+    if args.command == "pack":
+        return cmd_pack(args)
     return cmd_build(args)
 
 

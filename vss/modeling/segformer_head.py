@@ -36,8 +36,9 @@ def cross_entropy(logits, targets, ignore_value, average="valid"):
     over the non-ignored pixels and divided by their number ("valid"; 0 when there are none)
     or by the number of all pixels, ignored and padded ones included ("all": mmseg 0.11's mean,
     `avg_non_ignore` did not exist yet)."""
-    # float(): half-precision upsampling and cross-entropy lose too much under AMP.
-    logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    # at least float32: half-precision upsampling and cross-entropy lose too much under AMP.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_value, reduction="sum")
     if average == "all":
         return total / targets.numel()

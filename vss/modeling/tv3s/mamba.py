@@ -93,16 +93,22 @@ class Mamba(nn.Module):
         # dt_proj's bias goes into the scan (added before softplus there), as in mamba-ssm.
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         y, ssm_state = selective_scan(
-            x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x, delta, -torch.exp(at_least_float32(self.A_log)), B.transpose(1, 2), C.transpose(1, 2),
+            at_least_float32(self.D), z=z, delta_bias=at_least_float32(self.dt_proj.bias), delta_softplus=True,
             initial_state=None if state is None else state.ssm_state, return_final_state=True,
         )
         out = self.out_proj(y.transpose(1, 2))
         return out, MambaState(conv_state=conv_state, ssm_state=ssm_state)
 
 
+def at_least_float32(t):
+    """`t` in float32, or in its own dtype where that is wider: half precision loses too much
+    in the scan's parameters and the norm, and float64 (parity checks) stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (no bias, no centering)."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 or wider (no bias, no centering)."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -110,8 +116,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        x32 = at_least_float32(x)
+        y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps) * at_least_float32(self.weight)
         return y.to(x.dtype)
 
 
