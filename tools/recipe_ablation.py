@@ -3,7 +3,7 @@
 
 The VSPW/Cityscapes configs follow the releases (projects/*/README.md, "Recipe"); the synthetic
 configs keep the code defaults. This tool fine-tunes the two video models on the synthetic set
-as the quickstart does (same per-frame starts, same schedules unless given), once with the
+as the quickstart does (same per-frame starts; MPVSS 200 iterations, TV3S 100), once with the
 synthetic configs as they are and once per release switch, over several seeds, and prints the
 mIoU / mVC8 of each with its mean and spread:
 
@@ -15,7 +15,7 @@ mIoU / mVC8 of each with its mean and spread:
   with per-video sampling (INPUT.VIDEO.CLIP_TARGETS full_context + DATALOADER.SAMPLE_BY video),
   and all three.
 
-    .venv/bin/python tools/recipe_ablation.py [--seeds 0 1] [--output DIR] [--json FILE]
+    .venv/bin/python tools/recipe_ablation.py [--seeds 0 1 2] [--only mpvss|tv3s] [--output DIR] [--json FILE]
 
 The per-frame models (and FlowNetS) are trained once, with SEED 0, and shared by every run; a
 stage whose model_final.pth exists is reused.
@@ -85,9 +85,9 @@ def summary(runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="SEED of each fine-tuning")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="SEED of each fine-tuning")
     parser.add_argument("--mpvss-iters", type=int, default=200, help="MPVSS fine-tuning iterations")
-    parser.add_argument("--tv3s-iters", type=int, default=200, help="TV3S fine-tuning iterations")
+    parser.add_argument("--tv3s-iters", type=int, default=100, help="TV3S fine-tuning iterations")
     parser.add_argument("--only", choices=("mpvss", "tv3s"), help="run one model's switches")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "recipe_ablation"),
                         help="folder of the models")
