@@ -133,6 +133,7 @@ def main():
         with open(summary_file, "w") as f:
             json.dump(results, f, indent=2)
 
+    tables = []
     for model, _, switches, _ in models:
         reference = results[model]["synthetic config (code defaults)"]
         rows = []
@@ -144,8 +145,14 @@ def main():
                            f"{r['mVC8']['mean']:.1f} ± {r['mVC8']['std']:.1f}",
                            f"{r['mVC8']['mean'] - reference['mVC8']['mean']:+.1f}"])
         headers = [model] + [f"mIoU seed {s}" for s in args.seeds] + ["mIoU", "Δ", "mVC8", "Δ"]
-        print("\n" + tabulate(rows, headers=headers, tablefmt="github"))
-    log(f"results: {summary_file}")
+        tables.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+        print("\n" + tables[-1])
+    markdown = os.path.splitext(summary_file)[0] + ".md"
+    with open(markdown, "w") as f:
+        f.write(f"# tools/recipe_ablation.py: {', '.join(f'{m} {n} iterations' for m, n in results['iterations'].items())}"
+                f", seeds {' '.join(map(str, args.seeds))}; mean ± sample standard deviation over seeds, "
+                "Δ against the synthetic config\n\n" + "\n\n".join(tables) + "\n")
+    log(f"results: {summary_file}, {markdown}")
 
 
 if __name__ == "__main__":
