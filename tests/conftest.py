@@ -46,3 +46,16 @@ def load_script(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class Toy(torch.nn.Module):
+    """A tiny model with a backbone (conv, GroupNorm), a head, an embedding and a frozen layer:
+    one parameter of each kind the optimizer's rules tell apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GroupNorm(2, 4))
+        self.head = torch.nn.Linear(4, 2)
+        self.query_embed = torch.nn.Embedding(3, 4)
+        self.frozen = torch.nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)

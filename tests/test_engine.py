@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from vss.config import add_vss_config
 from vss.data.datasets import SYNTHETIC_CLASSES
 from vss.data.synthetic import generate
-from conftest import REPO
+from conftest import REPO, Toy
 from vss.engine import Trainer, build_optimizer, check_weights, setup_cfg
 
 SYNTHETIC = "configs/synthetic"
@@ -41,16 +41,6 @@ def test_setup_cfg_overrides_and_cpu_fallback(tmp_path):
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.is_frozen()
     assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
-
-
-class Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GroupNorm(2, 4))
-        self.head = torch.nn.Linear(4, 2)
-        self.query_embed = torch.nn.Embedding(3, 4)
-        self.frozen = torch.nn.Linear(2, 2)
-        self.frozen.requires_grad_(False)
 
 
 def solver_cfg(**kw):

@@ -12,7 +12,7 @@ from vss.engine import setup_cfg
 from vss.engine.optimizer import custom_key_rules, param_groups
 from vss.modeling.tv3s import RMSNorm
 
-from conftest import REPO, read_key_list
+from conftest import REPO, Toy, read_key_list
 
 
 def load_tool(name):
@@ -30,16 +30,6 @@ def by_name(cfg, model):
     groups = {id(g["params"][0]): g for g in param_groups(cfg, model)}
     return {n: (groups[id(p)]["lr"], groups[id(p)]["weight_decay"]) for n, p in model.named_parameters()
             if id(p) in groups}
-
-
-class Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GroupNorm(2, 4))
-        self.head = torch.nn.Linear(4, 2)
-        self.query_embed = torch.nn.Embedding(3, 4)
-        self.frozen = torch.nn.Linear(2, 2)
-        self.frozen.requires_grad_(False)
 
 
 def solver_cfg(custom_keys):

@@ -18,7 +18,7 @@ def listed_sums():
 
 def test_every_reference_file_is_present_and_intact():
     sums = listed_sums()
-    assert len(sums) == 23
+    assert len(sums) == 24
     for name, digest in sums.items():
         path = DATA / name
         assert path.is_file(), f"{path} is missing: expected it from the repository (tests/data/SHA256SUMS)"

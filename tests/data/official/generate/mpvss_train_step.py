@@ -35,7 +35,6 @@ import ast
 import copy
 import importlib.util
 import itertools
-import math
 import os
 import sys
 import types
@@ -44,6 +43,9 @@ from typing import Any, Dict, List, Set
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from weights_recipe import recipe_weights  # noqa: E402  (the sibling module, also when imported by the tests)
 
 # Small config (the release reads each of these from its config; hidden 256 is fixed by its
 # hard-coded 386-channel deconvolutions). Everything else is the release's VSPW R50 config.
@@ -71,21 +73,8 @@ PROBE_SEED = 5
 
 
 def fixture_weights(template, seed):
-    """The fixtures' weight recipe: names sorted, one generator; >= 2-D: randn * sqrt(2 / fan_in)
-    (fan_in = numel / shape[0]); 1-D `*weight`: 1 + 0.1 randn; other 1-D: 0.1 randn."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name in sorted(template):
-        shape = tuple(template[name].shape)
-        w = torch.randn(shape, generator=g, dtype=torch.float32)
-        if len(shape) >= 2:
-            w = w * math.sqrt(2.0 / (math.prod(shape) // shape[0]))
-        elif name.endswith("weight"):
-            w = 1.0 + 0.1 * w
-        else:
-            w = 0.1 * w
-        out[name] = w
-    return out
+    """The fixtures' weight recipe (weights_recipe.py) for the tensors of a state dict."""
+    return recipe_weights({name: t.shape for name, t in template.items()}, seed)
 
 
 def weights_check(weights):

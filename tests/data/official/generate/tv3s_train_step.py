@@ -21,12 +21,14 @@ import argparse
 import contextlib
 import importlib
 import importlib.machinery
-import math
 import os
 import sys
 import types
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from weights_recipe import recipe_weights  # noqa: E402  (the sibling module, also when imported by the tests)
 
 RELEASE_CONFIG = "local_configs/tv3s/B1/tv3s_realshift_w20_s10.b1.480x480.vspw2.160k.py"
 # The small head of tv3s_head_official.pt, on 2 clips of 4 frames ([t-9, t-6, t-3, t], target last).
@@ -38,23 +40,6 @@ WEIGHTS_RECIPE = ("one torch.Generator().manual_seed(seed); parameter names (off
                   ">=2-D: randn * sqrt(2 / fan_in), fan_in = numel / shape[0]; 1-D names ending in 'weight': "
                   "1 + 0.1 * randn; other 1-D: 0.1 * randn; buffers as built")
 IGNORE = 255
-
-
-def recipe_weights(shapes, seed):
-    """{name: shape} -> {name: float32 tensor} by WEIGHTS_RECIPE (no constructor involved)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name in sorted(shapes):
-        shape = tuple(shapes[name])
-        w = torch.randn(shape, generator=g, dtype=torch.float32)
-        if len(shape) >= 2:
-            w = w * math.sqrt(2.0 / (math.prod(shape) // shape[0]))
-        elif name.endswith("weight"):
-            w = 1.0 + 0.1 * w
-        else:
-            w = 0.1 * w
-        out[name] = w
-    return out
 
 
 def shapes_text(shapes):
