@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The papers' protocol on synthetic video with ground-truth motion, end to end (issue 10).
+"""The papers' protocol on synthetic video with ground-truth motion, end to end.
 
 Stages, each logged with the elapsed time; a stage whose `model_final.pth` exists in the
 output folder is not retrained (delete the folder, or use another --output, to start over):
