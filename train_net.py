@@ -1,27 +1,41 @@
 #!/usr/bin/env python
 """Train or evaluate a vss model (per-frame Mask2Former, MPVSS, TV3S).
 
-    .venv/bin/python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
-    .venv/bin/python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
-    .venv/bin/python train_net.py --config-file ... --num-gpus 8   # DDP through detectron2's launch
-    .venv/bin/python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
-
 Everything vss logs (dataset summaries, warnings, the per-class IoU table) goes to the
 console and to OUTPUT_DIR/log.txt with detectron2's own lines.
 """
 import os
-import warnings
 
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, VSSCheckpointer, check_weights, launch, load_cfg, prepare_cfg
-from vss.modeling.mpvss.motion_weights import load_motion_weights
+from vss.engine import Trainer, check_weights, launch, load_cfg, load_weights, prepare_cfg
+from vss.engine.cli import add_debug_argument, run_main
+
+DESCRIPTION = """\
+Train a vss model (per-frame Mask2Former, SegFormer, MPVSS, TV3S, FlowNetS pretraining) from a
+config file, or evaluate trained weights with --eval-only. Config keys are overridden by KEY VALUE
+pairs after the options. Checkpoints, config.yaml and log.txt go to OUTPUT_DIR."""
+
+EPILOG = """\
+examples:
+  .venv/bin/python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
+  .venv/bin/python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
+  .venv/bin/python train_net.py --config-file CONFIG --resume
+  .venv/bin/python train_net.py --config-file CONFIG --num-gpus 8   # DDP, one process per GPU
+  .venv/bin/python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
+
+MODEL.DEVICE is CUDA where present, else the CPU. An error in the input (a missing file, weights
+that do not fit) ends with one line and exit status 2; --debug shows its traceback."""
+
+
+def build_parser():
+    parser = add_debug_argument(default_argument_parser(epilog=EPILOG))
+    parser.description = DESCRIPTION
+    return parser
 
 
 def setup(args):
@@ -41,19 +55,15 @@ def main(args):
         check_weights(cfg, args.config_file, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        VSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        load_motion_weights(model, cfg.MODEL.MOTION.WEIGHTS)
+        load_weights(model, cfg, training=False, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
+def run(args):
+    return launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
@@ -63,3 +73,13 @@ if __name__ == "__main__":
         # --num-gpus N on the CPU starts N gloo processes (no CUDA, or MODEL.DEVICE cpu).
         device=load_cfg(args.config_file, args.opts).MODEL.DEVICE,
     )
+
+
+if __name__ == "__main__":
+    parser = build_parser()
+    args = parser.parse_args()
+    if not args.config_file:
+        parser.error("--config-file is required: the config of the model to train or evaluate (see --help)")
+    if not os.path.isfile(args.config_file):
+        parser.error(f"config file {args.config_file} does not exist")
+    run_main(lambda: run(args), "train_net.py", debug=args.debug)

@@ -10,7 +10,6 @@ sequence snippet is missing.
 import argparse
 import glob
 import os
-import sys
 
 import numpy as np
 from PIL import Image
@@ -57,12 +56,12 @@ def main():
     args = parser.parse_args()
     for sub in ("leftImg8bit_sequence", "gtFine"):
         if not os.path.isdir(os.path.join(args.root, sub)):
-            sys.exit(f"{os.path.join(args.root, sub)} does not exist: download it from the Cityscapes site "
-                     "(leftImg8bit_sequence_trainvaltest.zip, gtFine_trainvaltest.zip) and unzip it there")
+            parser.error(f"{os.path.join(args.root, sub)} does not exist: download it from the Cityscapes site "
+                         "(leftImg8bit_sequence_trainvaltest.zip, gtFine_trainvaltest.zip) and unzip it there")
     print(f"wrote {convert(os.path.join(args.root, 'gtFine'))} train-id label files")
     missing = check(args.root)
     if missing:
-        sys.exit(f"{len(missing)} annotated frames have no sequence frame, e.g. {missing[0]}")
+        parser.error(f"{len(missing)} annotated frames have no sequence frame, e.g. {missing[0]}")
     print("layout OK")
 
 

@@ -12,12 +12,6 @@ datasets look. Rerunning with the same options does nothing; other options need 
 Effect strengths start from the preset and each option given replaces one (see
 vss/data/video_effects.py for what each does).
 """
-import warnings
-
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
 import argparse
 import os
 import sys
@@ -25,6 +19,7 @@ import sys
 from vss.data.datasets.synthetic import SYNTHETIC_DIRNAMES
 from vss.data.synthetic import generate
 from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
+from vss.engine.cli import add_debug_argument, run_main
 
 # Option name, type and help of each effect strength.
 EFFECT_OPTIONS = {
@@ -59,6 +54,7 @@ def main(argv=None):
                              "of each frame t > 0 to frame t - 1")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset generated with different options")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     try:
         effects = resolve_effects(args.effects, **{name: getattr(args, name) for name in EFFECT_OPTIONS})
@@ -79,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "prepare_synthetic.py", debug="--debug" in sys.argv[1:])

@@ -9,36 +9,32 @@ to frame (MPVSS key frames, TV3S scan states) as in the evaluation.
 Outputs (at least one):
   --output-video OUT.mp4  the overlays as an mp4v video (fps: --fps, else the input
                           video's, else 15);
-  --output-dir DIR        DIR/labels/<video>/<stem>.png, the predicted train ids + the
-                          dataset's label_offset as a uint8 PNG: VSPW's result layout, as
-                          TEST.VSS.SAVE_PREDICTIONS writes it (DIR/labels is a result root for
-                          the official scripts), and DIR/overlay/<video>/<stem>.png, the
-                          colour overlay with class names (detectron2's Visualizer).
+  --output-dir DIR        DIR/labels/<video>/<stem>.png, the predicted 0-based train ids
+                          as a uint8 PNG, whatever the dataset's label_offset: the values
+                          and layout TEST.VSS.SAVE_PREDICTIONS writes (DIR/labels is a
+                          result root for VSPW's official scripts), and
+                          DIR/overlay/<video>/<stem>.png, the colour overlay with class
+                          names (detectron2's Visualizer).
                           <video> is a video file's name without extension, else the frames'
                           folder (the one above it for VSPW's data/<video>/origin); <stem> is
                           the frame file's name without extension, or the 6-digit frame index
                           for a video file.
 
-Class names, colours and label_offset come from the metadata of DATASETS.TEST[0].
+Class names and colours come from the metadata of DATASETS.TEST[0].
 Config overrides follow --opts as KEY VALUE pairs, up to the next option.
 
   .venv/bin/python demo/demo.py --config-file configs/synthetic/mask2former_tiny.yaml \\
       --input "datasets/synthetic_vss/data/val_0000/origin/*.jpg" --output-video out.mp4 \\
       --opts MODEL.WEIGHTS output/quickstart/mask2former/model_final.pth
 """
-import warnings
-
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
 import argparse
 import glob
 import itertools
 import os
-import re
 import sys
 import time
+
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 import cv2
 import numpy as np
@@ -47,15 +43,12 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from vss.data.frames import natural_key
-from vss.data.io import read_frame
+from vss.data.io import IGNORE_LABEL, read_frame
 from vss.engine import VideoPredictor, check_weights, setup_cfg
-from vss.modeling.mpvss.propagation import MaskPropagation
 from vss.modeling.postprocess import output_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 15.0
-# Raw label 255 is the ignore value of the VSPW layout, so a prediction may not reach it.
-MAX_LABEL = 254
 
 
 class DemoError(Exception):
@@ -151,6 +144,30 @@ def _check_unique_stems(paths):
         seen[stem] = path
 
 
+def _check_creatable(folder):
+    """Fail when `folder` cannot be created or written, creating nothing: the outputs are
+    checked before the model loads and made only once it has."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DemoError(f"cannot create output folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DemoError(f"cannot create output folder {folder}: {existing} is not writable")
+
+
+def _check_outputs(video_path, output_dir):
+    """Fail before any work when an output cannot be written (see _check_creatable)."""
+    if video_path is not None:
+        if os.path.isdir(video_path):
+            raise DemoError(f"--output-video {video_path} is a folder; expected a video file path")
+        _check_creatable(os.path.dirname(video_path) or ".")
+        if os.path.exists(video_path) and not os.access(video_path, os.W_OK):
+            raise DemoError(f"cannot write output video {video_path}: it is not writable")
+    if output_dir is not None:
+        _check_creatable(output_dir)
+
+
 def _make_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
@@ -174,10 +191,8 @@ class OutputWriter:
         self.fps = fps
         self._video = None
         self._size = None
-        # Fail before any frame is computed when an output cannot be written.
+        # Made once the model has loaded; main() checked them with _check_outputs before.
         if video_path is not None:
-            if os.path.isdir(video_path):
-                raise DemoError(f"--output-video {video_path} is a folder; expected a video file path")
             _make_dir(os.path.dirname(video_path) or ".")
             try:
                 open(video_path, "wb").close()
@@ -187,7 +202,7 @@ class OutputWriter:
             _make_dir(folder)
 
     def write(self, name, overlay_rgb, labels=None):
-        """Write frame `name`'s overlay (HxWx3 RGB uint8) and raw labels (HxW uint8)."""
+        """Write frame `name`'s overlay (HxWx3 RGB uint8) and labels (HxW uint8 train ids)."""
         overlay_bgr = np.ascontiguousarray(overlay_rgb[:, :, ::-1])
         if self.video_path is not None:
             self._write_video_frame(name, overlay_bgr)
@@ -219,43 +234,40 @@ def _write_png(path, image):
         raise DemoError(f"cannot write {path}")
 
 
-def _metadata_fields(predictor, dataset):
-    """(class names, label offset) the outputs need, with an error naming the dataset when missing."""
+def _class_names(predictor, dataset):
+    """The class names the overlays need, with an error naming the dataset when missing."""
     metadata = predictor.metadata
     classes = metadata.get("stuff_classes") if metadata is not None else None
-    offset = metadata.get("label_offset") if metadata is not None else None
-    if classes is None or offset is None:
-        raise DemoError(f"the demo needs stuff_classes and label_offset in the metadata of DATASETS.TEST[0] "
-                        f"({dataset!r}): register that dataset or name a registered one with --opts DATASETS.TEST")
-    return classes, offset
+    if classes is None:
+        raise DemoError(f"the demo needs stuff_classes in the metadata of DATASETS.TEST[0] ({dataset!r}): "
+                        f"register that dataset or name a registered one with --opts DATASETS.TEST")
+    return classes
 
 
-def _check_classes(num_scores, classes, offset, dataset):
+def _check_classes(num_scores, classes, dataset):
     if num_scores != len(classes):
         raise DemoError(f"the model predicts {num_scores} classes but DATASETS.TEST[0] ({dataset!r}) has "
                         f"{len(classes)} stuff_classes")
-    if num_scores - 1 + offset > MAX_LABEL:
-        raise DemoError(f"{num_scores} classes with label_offset {offset} do not fit a uint8 label PNG below "
-                        f"the ignore value 255")
+    # The evaluator's rule for TEST.VSS.SAVE_PREDICTIONS: train ids stay below the ignore value.
+    if num_scores > IGNORE_LABEL:
+        raise DemoError(f"{num_scores} classes do not fit a uint8 label PNG (train ids 0..{IGNORE_LABEL - 1}; "
+                        f"{IGNORE_LABEL} is the ignore value)")
 
 
 def key_frame_ran(predictor):
-    """Whether the frame the predictor just segmented was an MPVSS key frame; None for other models."""
+    """Whether the frame the predictor just segmented was a key frame; None for models without key
+    frames (their temporal head's frame plan names no key kind, or they have no temporal head)."""
     model = predictor.model
-    if not isinstance(getattr(model, "temporal", None), MaskPropagation):
-        return None
-    # Peeking at the state the next frame would get changes nothing; its cache is from the
-    # latest key frame.
-    cache = model.states.get(predictor.video_id, predictor.frame_idx)
-    return cache.frame_idx == predictor.frame_idx - 1
+    plan = getattr(getattr(model, "temporal", None), "frame_plan", None)
+    key = plan().key if plan is not None else None
+    return None if key is None else model.frame_kinds[0] == key
 
 
-def segment(predictor, source, writer, metadata, dataset):
+def segment(predictor, source, writer, classes, dataset):
     """Run the predictor over `source` (a FrameInput) as one video and write every frame.
 
     Returns (frames, seconds, key frames or None when the model has no key frames).
     """
-    classes, offset = metadata
     frames_in, named = itertools.tee(source.frames)
     outputs = predictor.run(frame for _, frame in frames_in)
     count, keys = 0, 0
@@ -263,12 +275,12 @@ def segment(predictor, source, writer, metadata, dataset):
     with tqdm.tqdm(zip(named, outputs), total=source.total, unit="frame", dynamic_ncols=True) as progress:
         for (name, frame), output in progress:
             if count == 0:
-                _check_classes(predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, classes, offset, dataset)
+                _check_classes(predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, classes, dataset)
             key = key_frame_ran(predictor)
             keys = None if key is None else keys + key
             labels = output_labels(output).to("cpu").numpy()
             overlay = Visualizer(frame[:, :, ::-1], predictor.metadata).draw_sem_seg(labels).get_image()
-            writer.write(name, overlay, (labels + offset).astype(np.uint8))
+            writer.write(name, overlay, labels.astype(np.uint8))
             count += 1
     return count, time.perf_counter() - start, keys
 
@@ -280,7 +292,8 @@ def build_parser():
                         help="a video file, a folder of frames or a quoted glob pattern of frame files")
     parser.add_argument("--output-video", metavar="FILE", help="write the overlays as an mp4v video here")
     parser.add_argument("--output-dir", metavar="DIR",
-                        help="write overlay/<video>/<stem>.png and labels/<video>/<stem>.png here")
+                        help="write overlay/<video>/<stem>.png and labels/<video>/<stem>.png (0-based train ids, "
+                             "as TEST.VSS.SAVE_PREDICTIONS writes them) here")
     parser.add_argument("--fps", type=float, help=f"output video frame rate (default: the input video's, "
                                                    f"else {DEFAULT_FPS:g})")
     parser.add_argument("--half", action="store_true", help="float16 autocast (CUDA only)")
@@ -310,15 +323,17 @@ def main(argv=None):
             raise DemoError(e) from None
         if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
             parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
-        writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
+        _check_outputs(args.output_video, args.output_dir)
         try:
             check_weights(cfg, args.config_file, training=False)
             predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
         except (FileNotFoundError, ValueError) as e:  # missing weights, or a checkpoint that does not fit
             raise DemoError(e) from None
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
-        metadata = _metadata_fields(predictor, dataset)
-        frames, seconds, keys = segment(predictor, source, writer, metadata, dataset)
+        classes = _class_names(predictor, dataset)
+        # Output files and folders only once the model has loaded: an error before leaves none behind.
+        writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
+        frames, seconds, keys = segment(predictor, source, writer, classes, dataset)
     except DemoError as e:
         sys.exit(f"demo: error: {e}")
     finally:

@@ -4,19 +4,16 @@ A FlowNetS forward written below from the port's definition (FLOWNETS_FACTS.md) 
 reference: the converted encoder must give its features, and the converted decoder its
 flows in our units (grid pixels = FlowNetS output x div_flow / 4).
 """
-import importlib.util
-
 import pytest
 import torch
 from torch.nn import functional as F
 
+from vss.conversion.flownets import convert
 from vss.modeling.mpvss import FlowEstimator
 from vss.modeling.mpvss.motion_weights import load_motion_weights
-from conftest import REPO
+from conftest import REPO, load_script
 
-spec = importlib.util.spec_from_file_location("convert_flownets", REPO / "tools" / "convert_flownets.py")
-convert_flownets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(convert_flownets)
+cli = load_script(REPO / "tools" / "convert_flownets.py")
 
 # FlowNetS's decoder widths (deconv5..2) are fixed; the encoder may be narrow for a fast test.
 DECONV = (512, 256, 128, 64)
@@ -87,7 +84,7 @@ def converted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("flownets")
     source, out = folder / "flownets_EPE1.951.pth.tar", folder / "converted.pth"
     torch.save({"epoch": 300, "arch": "flownets", "state_dict": sd, "best_EPE": 1.951, "div_flow": 20}, source)
-    convert_flownets.main([str(source), str(out)])
+    cli.main([str(source), str(out)])
     torch.manual_seed(0)
     model = FlowEstimator(flow_type="pixel", num_queries=3, encoder_channels=TINY).eval()
     report = load_motion_weights(model, str(out))
@@ -131,7 +128,7 @@ def test_converted_module_flow_in_frame_pixels(converted):
 
 
 def test_full_size_conversion_fits_the_default_pixel_variant_and_the_query_decoder_where_shapes_agree():
-    converted = convert_flownets.convert(flownets_state_dict(FULL, device="meta"))
+    converted = convert(flownets_state_dict(FULL, device="meta"))
     assert all(k.startswith("temporal.flow.") for k in converted)
     ours = {k[len("temporal.flow."):]: tuple(v.shape) for k, v in converted.items()}
     with torch.device("meta"):
@@ -148,10 +145,10 @@ def test_full_size_conversion_fits_the_default_pixel_variant_and_the_query_decod
 def test_converter_rejects_other_checkpoints(tmp_path):
     sd = flownets_state_dict(TINY)
     with pytest.raises(ValueError, match="unexpected FlowNetS key 'conv7.0.weight'"):
-        convert_flownets.convert({**sd, "conv7.0.weight": torch.zeros(1)})
+        convert({**sd, "conv7.0.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="batch-normalised FlowNetS"):
-        convert_flownets.convert({**sd, "conv1.1.running_mean": torch.zeros(8)})
+        convert({**sd, "conv1.1.running_mean": torch.zeros(8)})
     path = tmp_path / "flownetc.pth.tar"
     torch.save({"arch": "flownetc", "state_dict": sd, "div_flow": 20}, path)
     with pytest.raises(ValueError, match="only 'flownets'"):
-        convert_flownets.main([str(path), str(tmp_path / "out.pth")])
+        cli.main([str(path), str(tmp_path / "out.pth")])

@@ -1,6 +1,5 @@
 """tools/convert_tv3s.py on a synthetic official checkpoint built from the release's key lists."""
 import argparse
-import importlib.util
 import pickle
 import re
 from collections import OrderedDict
@@ -11,21 +10,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from vss.conversion import tv3s as conversion
 from vss.engine import setup_cfg
 
-from conftest import REPO, read_key_list
+from conftest import REPO, load_script, read_key_list
 
 B1 = str(REPO / "configs" / "vspw" / "tv3s" / "MiT-B1.yaml")
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_tv3s = load_tool("convert_tv3s")
+cli = load_script(REPO / "tools" / "convert_tv3s.py")
 
 
 
@@ -54,7 +47,7 @@ def b1_cfg():
 
 @pytest.fixture(scope="module")
 def b1_keys(b1_cfg):
-    return convert_tv3s.model_keys(b1_cfg)
+    return conversion.model_keys(b1_cfg)
 
 
 def fresh_model(cfg):
@@ -67,7 +60,7 @@ def test_release_checkpoint_loads_strictly_with_every_value(official, b1_cfg, tm
     # mmseg's layout: weights under "state_dict" beside meta information
     torch.save({"meta": {"CLASSES": ("wall", "ceiling"), "iter": 160000}, "state_dict": official}, src)
     dst = tmp_path / "converted.pth"
-    convert_tv3s.main(["--config-file", B1, str(src), str(dst)])
+    cli.main(["--config-file", B1, str(src), str(dst)])
 
     model = fresh_model(b1_cfg)
     model.load_state_dict(torch.load(dst)["model"], strict=True)
@@ -98,9 +91,9 @@ def test_release_checkpoint_loads_strictly_with_every_value(official, b1_cfg, tm
 
 @pytest.mark.parametrize("suffix", [".pth", ".pkl"])
 def test_detectron2_checkpointer_loads_both_formats(official, b1_cfg, b1_keys, tmp_path, suffix):
-    converted = convert_tv3s.convert(official, expected=b1_keys)
+    converted = conversion.convert(official, expected=b1_keys)
     path = str(tmp_path / f"model{suffix}")
-    convert_tv3s.save(converted, path)
+    conversion.save(converted, path)
     model = fresh_model(b1_cfg)
     incompatible = DetectionCheckpointer(model)._load_model(DetectionCheckpointer(model)._load_file(path))
     assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
@@ -110,13 +103,13 @@ def test_detectron2_checkpointer_loads_both_formats(official, b1_cfg, b1_keys, t
 
 
 def test_round_trip_keeps_values_dtypes_and_order(official, b1_keys, tmp_path):
-    converted = convert_tv3s.convert(official, expected=b1_keys)
-    convert_tv3s.save(converted, str(tmp_path / "a.pth"))
-    convert_tv3s.save(converted, str(tmp_path / "a.pkl"))
+    converted = conversion.convert(official, expected=b1_keys)
+    conversion.save(converted, str(tmp_path / "a.pth"))
+    conversion.save(converted, str(tmp_path / "a.pkl"))
     from_pth = torch.load(tmp_path / "a.pth")["model"]
     with open(tmp_path / "a.pkl", "rb") as f:
         data = pickle.load(f)
-    assert data["__author__"] == convert_tv3s.AUTHOR  # detectron2 0.6 reads it as model-zoo format
+    assert data["__author__"] == conversion.AUTHOR  # detectron2 0.6 reads it as model-zoo format
     from_pkl = data["model"]
     assert list(from_pth) == list(from_pkl) == list(converted)
     for k, v in converted.items():
@@ -131,13 +124,13 @@ def test_unknown_key_is_an_error_naming_it(official, extra):
     state = OrderedDict(official)
     state[extra] = torch.zeros(3)
     with pytest.raises(ValueError, match=f"1 keys match no prefix.*{extra}"):
-        convert_tv3s.convert(state, source="x.pth")
+        conversion.convert(state, source="x.pth")
 
 
 def test_missing_key_is_an_error_naming_ours(official, b1_keys):
     state = OrderedDict((k, v) for k, v in official.items() if k != "decode_head.vs.layers.7.norm.weight")
     with pytest.raises(ValueError, match=r"not produced \(1\): temporal\.vs\.layers\.7\.norm\.weight$"):
-        convert_tv3s.convert(state, expected=b1_keys)
+        conversion.convert(state, expected=b1_keys)
 
 
 def test_other_shapes_and_extra_layers_are_errors(official, b1_keys, b1_cfg):
@@ -145,13 +138,13 @@ def test_other_shapes_and_extra_layers_are_errors(official, b1_keys, b1_cfg):
     state["decode_head.linear_pred.weight"] = torch.zeros(150, 256, 1, 1)  # ADE20K's classes
     with pytest.raises(ValueError, match=r"sem_seg_head\.linear_pred\.weight \(150, 256, 1, 1\) "
                                          r"\(ours \(124, 256, 1, 1\)\)"):
-        convert_tv3s.convert(state, expected=b1_keys)
+        conversion.convert(state, expected=b1_keys)
 
     cfg = b1_cfg.clone()
     cfg.defrost()
     cfg.MODEL.TV3S.NUM_BLOCKS = 3  # 6 Mamba layers: the release's layers 6 and 7 have no place
     with pytest.raises(ValueError, match=r"not in our model \(20\): temporal\.vs\.layers\.6\.mixer\.A_log"):
-        convert_tv3s.convert(official, expected=convert_tv3s.model_keys(cfg))
+        conversion.convert(official, expected=conversion.model_keys(cfg))
 
 
 def test_imagenet_encoder_converts_to_the_backbone(official, b1_cfg, tmp_path):
@@ -160,7 +153,7 @@ def test_imagenet_encoder_converts_to_the_backbone(official, b1_cfg, tmp_path):
     imagenet["head.bias"] = torch.zeros(1000)
     src, dst = tmp_path / "mit_b1.pth", tmp_path / "mit_b1.pkl"
     torch.save(imagenet, src)
-    convert_tv3s.main(["--encoder", "--config-file", B1, str(src), str(dst)])
+    cli.main(["--encoder", "--config-file", B1, str(src), str(dst)])
 
     model = fresh_model(b1_cfg)
     checkpointer = DetectionCheckpointer(model)
@@ -174,7 +167,7 @@ def test_imagenet_encoder_converts_to_the_backbone(official, b1_cfg, tmp_path):
     # a full TV3S checkpoint is not an encoder: its keys would land under backbone.decode_head.*
     with pytest.raises(ValueError, match=r"not produced \(176\).*not in our model \(277\): backbone\.backbone\.patch_embed1"):
         torch.save(official, src)
-        convert_tv3s.main(["--encoder", "--config-file", B1, str(src), str(dst)])
+        cli.main(["--encoder", "--config-file", B1, str(src), str(dst)])
 
 
 def test_files_with_objects_need_trust(tmp_path):
@@ -182,14 +175,14 @@ def test_files_with_objects_need_trust(tmp_path):
     state = {"backbone.norm4.weight": torch.ones(2)}
     torch.save({"meta": {"args": argparse.Namespace(lr=1)}, "state_dict": state}, path)
     with pytest.raises(ValueError, match=f"{re.escape(str(path))}: holds objects besides tensors.*--trusted"):
-        convert_tv3s.load_state_dict(path)
-    assert torch.equal(convert_tv3s.load_state_dict(path, trusted=True)["backbone.norm4.weight"], torch.ones(2))
+        conversion.load_state_dict(path)
+    assert torch.equal(conversion.load_state_dict(path, trusted=True)["backbone.norm4.weight"], torch.ones(2))
 
     torch.save({"meta": {}, "weights": [torch.ones(1)]}, path)
     with pytest.raises(ValueError, match=r"expected a state dict of tensors.*found \['meta', 'weights'\]"):
-        convert_tv3s.load_state_dict(path)
+        conversion.load_state_dict(path)
     with pytest.raises(ValueError, match="must end in .pth or .pkl"):
-        convert_tv3s.save(state, str(tmp_path / "model.bin"))
+        conversion.save(state, str(tmp_path / "model.bin"))
 
 
 def test_options_anywhere_on_the_line_and_overrides_after_the_files(official, tmp_path):
@@ -197,12 +190,12 @@ def test_options_anywhere_on_the_line_and_overrides_after_the_files(official, tm
     # mmseg's meta may hold objects the weights-only loader refuses: --trusted is needed
     torch.save({"meta": {"args": argparse.Namespace(lr=1)}, "state_dict": official}, src)
     with pytest.raises(ValueError, match="--trusted"):
-        convert_tv3s.main([str(src), str(dst), "--config-file", B1])
-    convert_tv3s.main([str(src), str(dst), "--trusted", "--config-file", B1])
+        cli.main([str(src), str(dst), "--config-file", B1])
+    cli.main([str(src), str(dst), "--trusted", "--config-file", B1])
     assert len(torch.load(dst)["model"]) == len(official) - 2
     # overrides reach the config (19 classes: the classifiers no longer fit), options after them too
     with pytest.raises(ValueError, match=r"of another shape \(4\): sem_seg_head\.linear_pred\.weight"):
-        convert_tv3s.main([str(src), str(dst), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", "--trusted",
+        cli.main([str(src), str(dst), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", "--trusted",
                            "--config-file", B1])
     # after `--`, a value starting with "-" is a value
-    convert_tv3s.main(["--trusted", str(src), str(dst), "--config-file", B1, "--", "INPUT.SIZE_DIVISIBILITY", "-1"])
+    cli.main(["--trusted", str(src), str(dst), "--config-file", B1, "--", "INPUT.SIZE_DIVISIBILITY", "-1"])

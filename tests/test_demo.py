@@ -1,4 +1,3 @@
-import importlib.util
 import re
 
 import cv2
@@ -9,27 +8,21 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
+from PIL import Image
+
 from vss.data.io import read_frame
 from vss.data.synthetic import generate
-from vss.engine import VideoPredictor, setup_cfg
+from vss.engine import Trainer, VideoPredictor, setup_cfg
 
-from conftest import REPO
+from conftest import REPO, load_script
+from test_evaluator import official_vc_perclip
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 4
 CONFIG = str(REPO / "configs" / "synthetic" / "mask2former_tiny.yaml")
 # Test-time resize to the frame size itself keeps the model cheap.
 OPTS = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", str(HEIGHT)]
-OFFSET = MetadataCatalog.get("synthetic_vss_val").label_offset
 
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("vss_demo", REPO / "demo" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+demo = load_script(REPO / "demo" / "demo.py")
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +40,9 @@ def video(tmp_path_factory):
 
 
 def _expected_labels(weights, frames):
-    """Raw label maps (argmax + offset) of the predictor run over `frames` as one video."""
+    """Train-id maps (argmax) of the predictor run over `frames` as one video."""
     predictor = VideoPredictor(setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", weights]))
-    return [(o["sem_seg"].argmax(0).numpy() + OFFSET).astype(np.uint8) for o in predictor.run(frames)]
+    return [o["sem_seg"].argmax(0).numpy().astype(np.uint8) for o in predictor.run(frames)]
 
 
 def _run(argv, weights, capsys, config=CONFIG, opts=()):
@@ -92,7 +85,7 @@ def _check_dir(out, video, names, frames, expected):
         assert overlay.shape == (HEIGHT, WIDTH, 3)
         # draw_sem_seg blends each class's colour at alpha 0.8; edges and class names are
         # drawn over a few pixels only, so the median pixel follows the blend.
-        blend = 0.2 * frame[:, :, ::-1] + 0.8 * colors[want.astype(int) - OFFSET]
+        blend = 0.2 * frame[:, :, ::-1] + 0.8 * colors[want.astype(int)]
         assert np.median(np.abs(overlay - blend)) < 8
 
 
@@ -279,6 +272,45 @@ def test_opts_then_more_options(video, tmp_path, capsys):
 def test_weights_errors(weights, reason, video, tmp_path, capsys):
     folder, _, _ = video
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path / "out"),
+                            "--output-video", str(tmp_path / "out" / "v.mp4"),
                             "--opts", "MODEL.WEIGHTS", weights.format(tmp=tmp_path)] + OPTS, capsys)
     assert code != 0 and reason.format(tmp=tmp_path, config=CONFIG) in message
-    assert not list((tmp_path / "out").rglob("*.png"))  # nothing segmented
+    assert not (tmp_path / "out").exists()  # no empty output folders left behind
+
+
+@pytest.mark.slow
+def test_labels_score_like_saved_predictions(tmp_path, capsys):
+    # A briefly trained model (a random one predicts almost one class): 17 frames, since the
+    # official script skips videos of 16 frames or fewer.
+    root = tmp_path / "videos"
+    generate(root, train_videos=2, val_videos=1, frames=17, height=HEIGHT, width=WIDTH)
+    opts = ["DATASETS.FOLDERS", str([["demo_score_train", str(root), "train"], ["demo_score_val", str(root), "val"]]),
+            "DATASETS.TRAIN", "('demo_score_train',)", "DATASETS.TEST", "('demo_score_val',)",
+            "INPUT.MIN_SIZE_TRAIN", f"({HEIGHT},)", "INPUT.CROP.SIZE", "(32,32)", "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.MAX_ITER", "60", "SOLVER.BASE_LR", "0.002", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
+            "DATALOADER.NUM_WORKERS", "0", "SEED", "0", "OUTPUT_DIR", str(tmp_path / "run"),
+            "TEST.VSS.SAVE_PREDICTIONS", "True", *OPTS]
+    trainer = Trainer(setup_cfg(CONFIG, opts + ["MODEL.WEIGHTS", ""]))
+    trainer.train()  # writes run/model_final.pth
+    weights = str(tmp_path / "run" / "model_final.pth")
+    results = Trainer.test(setup_cfg(CONFIG, opts + ["MODEL.WEIGHTS", weights]), trainer.model)["sem_seg"]
+    saved = tmp_path / "run" / "inference" / "demo_score_val"
+
+    out = tmp_path / "demo"
+    _run(["--input", str(root / "data" / "val_0000" / "origin"), "--output-dir", str(out)], weights, capsys,
+         opts=opts)
+    names = sorted(p.name for p in (saved / "val_0000").iterdir())
+    assert len(names) == 17 and sorted(p.name for p in (out / "labels" / "val_0000").iterdir()) == names
+    for name in names:
+        ours = np.asarray(Image.open(out / "labels" / "val_0000" / name))
+        np.testing.assert_array_equal(ours, np.asarray(Image.open(saved / "val_0000" / name)), err_msg=name)
+
+    official = official_vc_perclip(str(out / "labels"), str(root), 8, windows=(8,))
+    assert 10 < results["mIoU"] < 100
+    assert official["mIoU"] == pytest.approx(results["mIoU"], abs=1e-9)
+    assert official["mVC8"] == pytest.approx(results["mVC8"], abs=1e-9)
+    # The scoring tells the layouts apart: the same labels + the dataset's label_offset score far lower.
+    for name in names:
+        path = out / "labels" / "val_0000" / name
+        Image.fromarray(np.asarray(Image.open(path)) + 1).save(path)
+    assert official_vc_perclip(str(out / "labels"), str(root), 8, windows=(8,))["mIoU"] < results["mIoU"] - 5

@@ -255,3 +255,64 @@ def test_an_amp_run_resumes_a_float32_checkpoint(tmp_path, monkeypatch, caplog):
     assert "the checkpoint holds no AMP gradient-scaler state: it starts afresh" in caplog.text
     assert amp._trainer.grad_scaler.state_dict() == scale  # (without CUDA, the disabled scaler's {})
     assert amp._trainer.optimizer.state_dict()["param_groups"] == saved["_trainer"]["optimizer"]["param_groups"]
+
+
+@pytest.mark.slow
+def test_evaluate_any_vc_windows_and_several_test_sets(tmp_path):
+    from vss.engine import METRICS, evaluate, metric_names
+
+    assert METRICS == metric_names(setup_cfg(str(REPO / SYNTHETIC / "mask2former_tiny.yaml")))
+    generate(tmp_path / "a", train_videos=1, val_videos=1, frames=9, height=32, width=48, seed=0)
+    generate(tmp_path / "b", train_videos=1, val_videos=2, frames=5, height=32, width=48, seed=1)
+    sets = [f"runs_{tmp_path.name}_{n}" for n in "ab"]
+    opts = ["DATASETS.FOLDERS", str([[sets[0], str(tmp_path / "a"), "val"], [sets[1], str(tmp_path / "b"), "val"]]),
+            "DATASETS.TEST", str(tuple(sets)), "TEST.VSS.VC_WINDOWS", "[4, 8]", "MODEL.DEVICE", "cpu",
+            "INPUT.MIN_SIZE_TEST", "32", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out")]
+    config = str(REPO / SYNTHETIC / "mask2former_tiny.yaml")
+    torch.manual_seed(0)
+    both = evaluate("tiny", config, "", opts, log=lambda line: None)
+    assert list(both) == sets
+    assert all(list(r) == ["mIoU", "WIoU", "mVC4", "mVC8"] for r in both.values())
+    # 5-frame videos have no 8-frame window; a 9-frame one has
+    assert both[sets[1]]["mVC8"] != both[sets[1]]["mVC8"] and both[sets[0]]["mVC8"] >= 0
+    # one test set: its metrics directly, the same numbers
+    torch.manual_seed(0)
+    one = evaluate("tiny", config, "", opts + ["DATASETS.TEST", f"('{sets[1]}',)"], log=lambda line: None)
+    assert list(one) == ["mIoU", "WIoU", "mVC4", "mVC8"]
+    assert one["mIoU"] == pytest.approx(both[sets[1]]["mIoU"]) and one["mVC4"] == pytest.approx(both[sets[1]]["mVC4"])
+
+
+def test_device_is_the_best_present_silently(tmp_path, caplog, monkeypatch):
+    from vss.engine import setup
+
+    best = "cuda" if torch.cuda.is_available() else "cpu"
+    config = str(REPO / SYNTHETIC / "mask2former_tiny.yaml")
+    with caplog.at_level(logging.WARNING):
+        assert setup_cfg(config).MODEL.DEVICE == best
+    assert caplog.records == []
+    # an explicit CUDA device without CUDA: the CPU, with one warning per process
+    monkeypatch.setattr(setup, "_warned", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="vss.engine.setup"):
+        for _ in range(3):
+            assert setup_cfg(config, ["MODEL.DEVICE", "cuda"]).MODEL.DEVICE == "cpu"
+    assert [r.getMessage() for r in caplog.records] == ["MODEL.DEVICE=cuda but CUDA is not available: using the CPU"]
+
+
+class ToyWeightsHead(torch.nn.Module):
+    """A temporal head that declares only what its training starts from."""
+    weights_start = "the toy head starts from toy.pth (see its README)"
+
+
+def test_a_new_temporal_head_declares_its_weights_hint(in_repo):
+    from vss.modeling import TEMPORAL_HEAD_REGISTRY
+
+    if "ToyWeightsHead" not in TEMPORAL_HEAD_REGISTRY:
+        TEMPORAL_HEAD_REGISTRY.register(ToyWeightsHead)
+    config = f"{SYNTHETIC}/mpvss_query_flow.yaml"
+    toy = ["MODEL.VIDEO.TEMPORAL_HEAD", "ToyWeightsHead", "MODEL.VIDEO.TRAINABLE", "[]"]
+    message = _weights_error(config, toy + ["MODEL.WEIGHTS", "", "MODEL.ALLOW_RANDOM_INIT", "False"])
+    assert "training would start from random weights: the toy head starts from toy.pth (see its README)." in message
+    message = _weights_error(config, toy + ["MODEL.WEIGHTS", "toy.pth"])
+    assert message == ("MODEL.WEIGHTS toy.pth does not exist: the toy head starts from toy.pth (see its README); "
+                       f"to start from random weights instead, {RANDOM_START}")

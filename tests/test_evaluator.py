@@ -2,20 +2,28 @@
 import math
 import os
 import uuid
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from PIL import Image
 
 import vss  # noqa: F401  (registers datasets)
 from vss.data.datasets import register_vspw_layout
+from vss.data.synthetic import generate
+from vss.data.video import build_video_test_loader
 from vss import add_vss_config
-from vss.engine import Trainer
+from vss.engine import Trainer, setup_cfg
 from vss.evaluation import VSSEvaluator
+from vss.modeling.postprocess import labels_only
+from vss.utils.flops import kind_flops
+
+from conftest import REPO
 
 IGNORE = 255
 
@@ -437,3 +445,75 @@ def test_bad_label_outputs_name_the_file(tmp_path):
         ev.process(records, [{"sem_seg_labels": torch.zeros(1, 2, 2, dtype=torch.long)}])
     with pytest.raises(ValueError, match=r"labels for .*00000.png range over \[0, 2\]: expected class ids in \[0, 1\]"):
         ev.process(records, [{"sem_seg_labels": torch.tensor([[0, 2], [1, 0]])}])
+
+
+# ---- the compute a model spent (vss.evaluation.compute) ---------------------------------------
+
+COMPUTE_SIZE = (48, 64)
+
+
+@pytest.fixture(scope="module")
+def uneven_videos(tmp_path_factory):
+    """A synthetic val set of two videos, of 5 and 4 frames (48x64)."""
+    root = tmp_path_factory.mktemp("compute")
+    generate(root, train_videos=1, val_videos=2, frames=5, height=COMPUTE_SIZE[0], width=COMPUTE_SIZE[1])
+    for folder, ext in (("origin", "jpg"), ("mask", "png"), ("layers", "png")):
+        (root / "data" / "val_0001" / folder / f"00000004.{ext}").unlink()
+    return root
+
+
+def compute_cfg(root, config, *opts):
+    name = f"compute_val_{uuid.uuid4().hex[:8]}"
+    return setup_cfg(str(REPO / "configs" / "synthetic" / config), [
+        "DATASETS.FOLDERS", str([[name, str(root), "val"]]), "DATASETS.TEST", f"('{name}',)", "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", str(COMPUTE_SIZE[0]), "DATALOADER.NUM_WORKERS", "0", *opts])
+
+
+def traced_gflops(model):
+    """{kind: GFLOPs} of one frame of each kind, run as the evaluation runs the model (labels only)."""
+    with labels_only():
+        return {kind: flops[""] / 1e9 for kind, flops in kind_flops(model, *COMPUTE_SIZE).items()}
+
+
+def test_mpvss_reports_its_key_frames_and_what_they_cost(uneven_videos):
+    cfg = compute_cfg(uneven_videos, "mpvss_query_flow.yaml", "MODEL.MPVSS.KEY_INTERVAL", "2")
+    model = build_model(cfg)
+    results = Trainer.test(cfg, model)["sem_seg"]
+    # K=2: frames 0, 2, 4 of the 5-frame video and 0, 2 of the 4-frame one are key frames
+    assert results["frames (key frame)"] == 5 and results["frames (propagated frame)"] == 4
+    assert results["key_frame_share"] == 5 / 9
+    cost = traced_gflops(model)
+    assert cost["key frame"] > 2 * cost["propagated frame"] > 0
+    assert results["GFLOPs/frame"] == pytest.approx((5 * cost["key frame"] + 4 * cost["propagated frame"]) / 9)
+
+
+def test_an_adaptive_policy_reports_the_key_frames_it_chose(uneven_videos):
+    cfg = compute_cfg(uneven_videos, "mpvss_query_flow.yaml", "MODEL.MPVSS.KEY_INTERVAL", "4",
+                      "MODEL.MPVSS.KEY_POLICY", "adaptive", "MODEL.MPVSS.KEY_MIN_CONFIDENCE_RATIO", "1.0")
+    torch.manual_seed(9)  # weights whose propagated frames lose confidence (0.1-0.2%): the policy adds key frames
+    model = build_model(cfg).eval()
+    ran = Counter()
+    with torch.no_grad(), labels_only():
+        for batch in build_video_test_loader(cfg, cfg.DATASETS.TEST[0]):
+            model(batch)
+            ran.update(model.frame_kinds)
+    # a key frame every 4 frames would be frames 0, 4 and 0: the policy chose more
+    assert sum(ran.values()) == 9 and ran["key frame"] > 3
+    results = Trainer.test(cfg, model)["sem_seg"]
+    assert {kind: results[f"frames ({kind})"] for kind in ran} == ran
+    assert results["key_frame_share"] == ran["key frame"] / 9
+    cost = traced_gflops(model)
+    assert results["GFLOPs/frame"] == pytest.approx(
+        (ran["key frame"] * cost["key frame"] + ran["propagated frame"] * cost["propagated frame"]) / 9)
+
+
+def test_a_per_frame_model_runs_one_kind_of_frame(uneven_videos):
+    cfg = compute_cfg(uneven_videos, "mask2former_tiny.yaml")
+    model = build_model(cfg)
+    results = Trainer.test(cfg, model)["sem_seg"]
+    assert results["frames (frame)"] == 9 and "key_frame_share" not in results
+    assert results["GFLOPs/frame"] == traced_gflops(model)["frame"]
+    quiet = Trainer.test(compute_cfg(uneven_videos, "mask2former_tiny.yaml", "TEST.VSS.REPORT_COMPUTE", "False"),
+                         model)["sem_seg"]
+    assert quiet["mIoU"] == results["mIoU"]
+    assert not [k for k in quiet if k.startswith("frames") or "GFLOPs" in k]

@@ -6,11 +6,11 @@ from detectron2.modeling import build_model
 from torch.nn import functional as F
 
 from vss.engine import setup_cfg
-from vss.modeling.flow_loss import downsample_flow, multiscale_epe
-from vss.modeling.flownets import FlowNetS
+from vss.modeling.mpvss.flow_loss import downsample_flow, multiscale_epe
+from vss.modeling.mpvss.flownets import FlowNetS
 from vss.modeling.mpvss import FLOW_TYPES, FlowEstimator
 from vss.modeling.mpvss.motion_weights import load_motion_weights
-from conftest import REPO
+from conftest import REPO, load_script
 
 PRETRAIN = str(REPO / "configs/synthetic/flownets_pretrain.yaml")
 SMALL = dict(num_queries=4, hidden_dim=16, nheads=2, dim_feedforward=32, decoder_layers=3,
@@ -215,7 +215,6 @@ def test_motion_weights_errors(pretrained, tmp_path):
 def test_pretraining_on_synthetic_pairs_through_the_trainer(tmp_path):
     """A tiny run on generated videos' exact flow: the loss falls, the evaluation and
     train_net.py --eval-only with MODEL.MOTION.WEIGHTS give the same numbers."""
-    import importlib.util
     import uuid
 
     from detectron2.engine import default_argument_parser
@@ -243,9 +242,7 @@ def test_pretraining_on_synthetic_pairs_through_the_trainer(tmp_path):
     assert last < 0.8 * first
     assert {"EPE", "Fl", "EPE_zero", "EPE_gap1", "EPE_gap3"} <= set(results) and "EPE_gap-1" not in results
 
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_script(REPO / "train_net.py")
     weights = str(tmp_path / "out" / "model_final.pth")
     args = default_argument_parser().parse_args(
         ["--config-file", PRETRAIN, "--eval-only", *opts, "OUTPUT_DIR", str(tmp_path / "eval"),

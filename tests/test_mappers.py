@@ -19,7 +19,7 @@ from PIL import Image
 import vss  # noqa: F401  (registers the built-in datasets)
 from vss import add_vss_config
 from vss.data.augment import PhotometricDistortion, PhotometricTransform, augment_frames
-from vss.data.clips import release_test_clip
+from vss.modeling.tv3s.clips import release_test_clip
 from vss.data.datasets import register_vspw_layout
 from vss.data.mappers import ClipMapper, FrameMapper, PairMapper, mask2former_targets
 from vss.data.video import group_by_video
@@ -508,7 +508,7 @@ def test_training_mapper_needs_class_metadata():
 
 
 def test_clip_frames_agree_with_the_tv3s_clip_test(gappy_video):
-    # One rule (vss.data.clips): once a frame has the full reach of the offsets behind it, the
+    # One rule (vss.modeling.tv3s.clips): once a frame has the full reach of the offsets behind it, the
     # training clip is the clip the TV3S clip test feeds the scan, gaps included.
     records, videos = gappy_video
     offsets = [-9, -6, -3, 0]

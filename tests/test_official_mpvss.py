@@ -11,14 +11,13 @@ why), and is checked end to end, as training calls it, and part by part, each pa
 release's own inputs and upstream gradient (embeddings, flow module, warp, criterion), which
 says where a difference comes from. Every comparison is relative, at 1e-5.
 """
-import importlib.util
 
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, load_script
 from vss.data.mappers import mask2former_targets
 from vss.engine import load_cfg, setup_cfg
 from vss.engine.optimizer import build_optimizer
@@ -30,17 +29,8 @@ from vss.modeling.mpvss.warp import warp_masks
 OFFICIAL = DATA / "official"
 CONFIG = str(REPO / "configs/vspw/mpvss/R50.yaml")
 REL = 1e-5  # relative tolerance of the training step's checks
-
-
-def _generator():
-    """The fixture generator's recipe helpers (fixture_weights, probes, ...); it imports no official code."""
-    spec = importlib.util.spec_from_file_location("mpvss_train_step", OFFICIAL / "generate/mpvss_train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _generator()
+# The fixture generator's recipe helpers (fixture_weights, probes, ...); it imports no official code.
+gen = load_script(OFFICIAL / "generate/mpvss_train_step.py")
 
 
 def load_fixture(name):

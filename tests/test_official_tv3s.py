@@ -16,6 +16,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from vss.conversion import tv3s as convert_tv3s
 from vss.engine import setup_cfg
 from vss.engine.optimizer import build_optimizer
 
@@ -28,7 +29,6 @@ REL = 1e-5
 FLIPS = 4
 LEVELS = {"res2": "c1", "res3": "c2", "res4": "c3", "res5": "c4"}
 
-convert_tv3s = load_script(REPO / "tools" / "convert_tv3s.py")
 # the generator's weight recipe (the script imports no official code at module level)
 generator = load_script(FIXTURES / "generate" / "tv3s_train_step.py")
 

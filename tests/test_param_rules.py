@@ -1,13 +1,12 @@
 """Per-parameter lr and weight decay (SOLVER.CUSTOM_KEYS and the default rules) against the
 releases' optimizer constructors, tensor by tensor."""
-import importlib.util
-
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from vss.config import add_vss_config
+from vss.conversion.tv3s import KEY_MAP
 from vss.engine import setup_cfg
 from vss.engine.optimizer import custom_key_rules, param_groups
 from vss.modeling.tv3s import RMSNorm
@@ -15,14 +14,6 @@ from vss.modeling.tv3s import RMSNorm
 from conftest import REPO, Toy, read_key_list
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-KEY_MAP = load_tool("convert_tv3s").KEY_MAP
 
 
 def by_name(cfg, model):

@@ -5,6 +5,9 @@ machine can run are run, in README order, in a scratch folder laid out as a clon
 `make demo` (the quickstart's checkpoints, the synthetic set), with tiny settings appended: a
 smaller synthetic set and 2 training iterations. They run in one separate process (this file
 run as a script), so the libraries are imported once.
+
+The READMEs' result tables are those of the results files they cite (demo/quickstart_results.json,
+projects/results/*.json), so a rerun that changes the numbers changes both.
 """
 import json
 import os
@@ -156,3 +159,93 @@ def _main(todo_file):
 
 if __name__ == "__main__":
     _main(sys.argv[1])
+
+
+# README figures and the results files they come from
+
+
+def _table_rows(text, header):
+    """The cells of each body row of the Markdown table whose header row starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_quickstart_figures_are_the_results_file():
+    from vss.engine.quickstart import results_table
+
+    results = json.loads((REPO / "demo" / "quickstart_results.json").read_text())
+    assert {"seed", "threads", "torch"} <= results.keys()
+    readme = (REPO / "README.md").read_text()
+    assert results_table(results) in readme
+    copy, query = (" / ".join(f"{results['tradeoff_mIoU'][name][f'K={k}']:.1f}" for k in (2, 5, 10))
+                   for name in ("copy", "query flow"))
+    flat = " ".join(readme.split())
+    assert f"({copy} mIoU for Copy at K = 2 / 5 / 10 against {query} for query flow)" in flat
+
+
+@pytest.mark.parametrize("model, readme, header", [
+    ("MPVSS", "projects/MPVSS/README.md", "| MPVSS, K = 5 |"),
+    ("TV3S", "projects/TV3S/README.md", "| TV3S, streamed |"),
+])
+def test_recipe_ablation_tables_are_the_results_file(model, readme, header):
+    results = json.loads((REPO / "projects" / "results" / "recipe_ablation.json").read_text())
+    runs = list(results[model].values())
+    reference = runs[0]
+    rows = _table_rows((REPO / readme).read_text(), header)
+    assert len(rows) == len(runs)
+    for row, run in zip(rows, runs):
+        seeds = " / ".join(f"{run['runs'][str(s)]['mIoU']:.1f}" for s in results["seeds"])
+        expected = [seeds]
+        for metric in ("mIoU", "mVC8"):
+            delta = run[metric]["mean"] - reference[metric]["mean"]
+            expected += [f"{run[metric]['mean']:.1f} ± {run[metric]['std']:.1f}",
+                         "" if run is reference else f"{delta:+.1f}"]
+        assert row[1:] == expected, row[0]
+
+
+# caption of each variant table in projects/MPVSS/README.md -> the benchmark run it shows
+BENCHMARK_TABLES = {"Clean set, seed 0": "synthetic_benchmark.json",
+                    "Effects set, seed 0": "synthetic_benchmark_effects.json",
+                    "Clean set, seed 1": "synthetic_benchmark_seed1.json"}
+
+
+@pytest.mark.parametrize("caption", BENCHMARK_TABLES)
+def test_mpvss_variant_tables_are_the_benchmark_results(caption):
+    results = json.loads((REPO / "projects" / "results" / BENCHMARK_TABLES[caption]).read_text())["mpvss"]
+    text = (REPO / "projects" / "MPVSS" / "README.md").read_text()
+    lines = text[text.index(f"\n{caption}"):].splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = _table_rows("\n".join(lines), header)
+    names = {"Copy (zero flow)": "Copy"}
+    checked = 0
+    for row in rows:
+        name = names.get(row[0], row[0])
+        if name not in results:  # the per-frame row, measured apart
+            continue
+        run = results[name]
+        expected = {"K=2": f"{run['K']['2']['mIoU']:.1f}", "K=5": f"{run['K']['5']['mIoU']:.1f}",
+                    "K=10": f"{run['K']['10']['mIoU']:.1f}", "mVC8 K=5": f"{run['K']['5']['mVC8']:.1f}",
+                    "EPE objects": f"{run['flow_epe']['EPE_objects']:.2f}", "EPE all": f"{run['flow_epe']['EPE']:.2f}"}
+        for column, cell in zip(columns, row):
+            if column in expected:
+                assert cell.strip("*") == expected[column], (name, column)
+        checked += 1
+    assert checked == len(results)
+
+
+def test_tv3s_benchmark_table_is_the_benchmark_results():
+    results = json.loads((REPO / "projects" / "results" / "synthetic_benchmark.json").read_text())
+    seg, tv3s = results["segformer"], results["tv3s"]
+    # the table's rows in order; a row after these was measured apart (the README says so)
+    runs = [seg["full resolution"], seg["scan resolution"], seg["fine-tuned as TV3S"], tv3s["stream"], tv3s["clip"]]
+    rows = _table_rows((REPO / "projects" / "TV3S" / "README.md").read_text(), "| model | mIoU | WIoU | mVC8 | mVC16 |")
+    assert len(rows) >= len(runs)
+    for row, run in zip(rows, runs):
+        assert row[1:] == [f"{run[m]:.1f}" for m in ("mIoU", "WIoU", "mVC8", "mVC16")], row[0]

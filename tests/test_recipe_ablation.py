@@ -1,16 +1,16 @@
-"""tools/recipe_ablation.py: every switch it measures is a release value of the VSPW configs,
+"""vss.benchmark.recipe_ablation (tools/recipe_ablation.py): every switch it measures is a release value of the VSPW configs,
 applied to the synthetic config it fine-tunes (the runs themselves are not part of the suite)."""
 import pytest
 
+from vss.benchmark import recipe_ablation as ablation
 from vss.engine import setup_cfg
+from vss.engine.quickstart import MPVSS, TV3S
 
-from conftest import REPO, load_script
-
-ablation = load_script(REPO / "tools" / "recipe_ablation.py")
+from conftest import REPO
 
 # the config whose recipe each model's switches come from
 RELEASE = {"MPVSS": "configs/vspw/mpvss/R50.yaml", "TV3S": "configs/vspw/tv3s/MiT-B1.yaml"}
-CASES = [("MPVSS", ablation.MPVSS, ablation.MPVSS_SWITCHES), ("TV3S", ablation.TV3S, ablation.TV3S_SWITCHES)]
+CASES = [("MPVSS", MPVSS, ablation.MPVSS_SWITCHES), ("TV3S", TV3S, ablation.TV3S_SWITCHES)]
 
 
 def value(cfg, key):

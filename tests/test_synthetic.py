@@ -1,5 +1,4 @@
 """The synthetic video generator: layout, determinism, motion, spec handling and the CLI."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from vss.data.datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS
 from vss.data.io import read_frame, read_label
 from vss.data.synthetic import generate, render_video
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_script
 SMALL = dict(train_videos=2, val_videos=1, frames=6, height=48, width=64)
 NUM_CLASSES = len(SYNTHETIC_CLASSES)
 
@@ -166,7 +165,7 @@ def test_bad_sizes_are_rejected(tmp_path):
 
 def test_cli(tmp_path, capsys):
     root = str(tmp_path / "cli")
-    script = os.path.join(REPO, "datasets", "prepare_synthetic.py")
+    script = REPO / "datasets" / "prepare_synthetic.py"
     args = ["--root", root, "--train-videos", "1", "--val-videos", "1", "--frames", "3",
             "--height", "40", "--width", "48"]
     done = subprocess.run([sys.executable, script, *args, "--seed", "2"], capture_output=True, text=True,
@@ -177,9 +176,7 @@ def test_cli(tmp_path, capsys):
     assert len(records) == 3 and records[0]["height"] == 40 and records[0]["width"] == 48
 
     # The other outcomes in-process: a second interpreter start costs seconds.
-    spec = importlib.util.spec_from_file_location("prepare_synthetic", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script(script)
     cli.main([*args, "--seed", "2"])
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"seed: 2 -> 3.*--overwrite"):

@@ -1,21 +1,17 @@
 """tools/synthetic_benchmark.py: the whole protocol with --quick on a tiny set, and its options."""
-import importlib.util
 import json
 import math
 
 import pytest
 from matplotlib.image import imread
 
+from vss.benchmark import synthetic as bench
+from vss.benchmark.synthetic_report import markdown, plot
 from vss.engine import METRICS, evaluate, train_once
 
-from conftest import REPO
+from conftest import REPO, load_script
 
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("synthetic_benchmark", REPO / "tools" / "synthetic_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+cli = load_script(REPO / "tools" / "synthetic_benchmark.py")
 
 
 def numbers(tree, path=""):
@@ -31,19 +27,18 @@ def numbers(tree, path=""):
 
 
 def test_options_and_defaults(tmp_path):
-    bench = load_benchmark()
-    args = bench.parse_args(["--output", str(tmp_path)])
+    args = cli.parse_args(["--output", str(tmp_path)])
     assert args.iters == bench.BUDGETS and args.set == bench.DATA and args.parts == ("mpvss", "tv3s")
-    assert bench.parse_args(["--only", "tv3s"]).parts == ("tv3s",)
+    assert cli.parse_args(["--only", "tv3s"]).parts == ("tv3s",)
     assert args.variants == list(bench.VARIANTS)
-    assert bench.parse_args(["--variants", "query_flow", "optical_flow"]).variants == ["Optical flow",
+    assert cli.parse_args(["--variants", "query_flow", "optical_flow"]).variants == ["Optical flow",
                                                                                        "Query-based flow"]
-    assert bench.parse_args(["--variants", "query_flow_pass_through"]).variants == [
+    assert cli.parse_args(["--variants", "query_flow_pass_through"]).variants == [
         "Query-based flow, pass-through fusion start"]
     with pytest.raises(SystemExit):
-        bench.parse_args(["--variants", "flow"])
+        cli.parse_args(["--variants", "flow"])
     assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark.json")
-    args = bench.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
+    args = cli.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
     assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}
     assert args.set == {**bench.QUICK_DATA, "frames": 17}
     assert args.json == str(tmp_path / "synthetic_benchmark.json")  # a smoke test keeps the reported numbers
@@ -57,11 +52,10 @@ def test_options_and_defaults(tmp_path):
 
 @pytest.mark.slow
 def test_quick_run_writes_every_number(tmp_path, capsys):
-    bench = load_benchmark()
     out = tmp_path / "run"
     argv = ["--quick", "--output", str(out), "--train-videos", "1", "--val-videos", "1", "--frames", "17",
             "--height", "48", "--width", "64"]
-    bench.main(argv)
+    cli.main(argv)
     log = capsys.readouterr().out
     assert "[benchmark" in log and "tv3s clip eval: done" in log
     res = json.loads((out / "synthetic_benchmark.json").read_text())
@@ -120,9 +114,9 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
     for part, keys in (("mpvss", ("tv3s_dataset", "segformer", "tv3s")),
                        ("tv3s", ("dataset", "flownets", "mask2former", "mpvss"))):
         one = {k: v for k, v in res.items() if k not in keys}
-        table = bench.markdown(one)
+        table = markdown(one)
         assert ("## MPVSS" in table) == (part == "mpvss") and ("## TV3S" in table) == (part == "tv3s")
-        bench.plot(one, tmp_path / f"{part}.png")
+        plot(one, tmp_path / f"{part}.png")
         assert imread(tmp_path / f"{part}.png").shape[-1] in (3, 4)
 
 

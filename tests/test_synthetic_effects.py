@@ -1,9 +1,7 @@
 """Video effects of the synthetic generator: presets, what each effect does, and that labels and
 flow are untouched by the pixel-only effects."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from vss.data.synthetic import _exposed, generate, render_video
 from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_script
 SIZE = (12, 60, 80)  # frames, height, width
 
 
@@ -133,9 +131,7 @@ def test_effects_set_registered_and_written_by_the_cli(tmp_path, monkeypatch, ca
         assert f"synthetic_vss_fx_{split}" in DatasetCatalog.list()
         assert MetadataCatalog.get(f"synthetic_vss_fx_{split}").dataset_root.endswith("synthetic_vss_fx")
     script = REPO / "datasets" / "prepare_synthetic.py"
-    spec = importlib.util.spec_from_file_location("prepare_synthetic", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script(script)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     args = ["--train-videos", "1", "--val-videos", "1", "--frames", "3", "--height", "40", "--width", "48"]
     cli.main(args + ["--effects", "effects", "--noise", "3", "--flow-files"])

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import re
@@ -11,6 +10,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from torch import nn
 
+from vss.benchmark import scan, speed
 from vss.engine import setup_cfg
 from vss.modeling.mask2former.ms_deform_attn import MSDeformAttn
 from vss.modeling.tv3s.scan import selective_scan_ref
@@ -25,7 +25,7 @@ from vss.utils.flops import (
     video_frames,
 )
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 TINY = str(REPO / "configs" / "synthetic" / "mask2former_tiny.yaml")
 MPVSS_TINY = str(REPO / "configs" / "synthetic" / "mpvss_query_flow.yaml")
@@ -33,10 +33,8 @@ TV3S_TINY = str(REPO / "configs" / "synthetic" / "tv3s_tiny.yaml")
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A tool's command line (its main) as a module."""
+    return load_script(REPO / "tools" / f"{name}.py")
 
 
 class MatmulNet(nn.Module):
@@ -164,11 +162,10 @@ class Recorder(nn.Module):
 
 
 def test_benchmark_warms_up_then_alternates_fresh_videos():
-    tool = load_tool("benchmark")
     log = []
     models = {"a": Recorder(log, "a"), "b": Recorder(log, "b")}
     frames = video_frames(2, 2, 3)
-    results = tool.benchmark(models, frames, warmup=2, repeats=2)
+    results = speed.benchmark(models, frames, warmup=2, repeats=2)
     expected = [("a", "a/warmup", i) for i in range(2)] + [("b", "b/warmup", i) for i in range(2)]
     for r in range(2):
         expected += [(name, f"{name}/run{r}", i) for name in "ab" for i in range(3)]
@@ -177,10 +174,9 @@ def test_benchmark_warms_up_then_alternates_fresh_videos():
 
 
 HOG = f"""
-import importlib.util, time, torch
+import time, torch
+from vss.benchmark.speed import run_video
 from vss.utils.flops import video_frames
-spec = importlib.util.spec_from_file_location("benchmark", {str(REPO / "tools" / "benchmark.py")!r})
-tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
 
 class Hog(torch.nn.Module):
     def forward(self, batched_inputs):
@@ -188,7 +184,7 @@ class Hog(torch.nn.Module):
         time.sleep(0.05)
         return [{{"sem_seg": block[:1]}}]
 
-seconds, peak = tool.run_video(Hog(), video_frames(2, 2, 1), "v", half=False)
+seconds, peak = run_video(Hog(), video_frames(2, 2, 1), "v", half=False)
 print(seconds, peak)
 """
 
@@ -256,6 +252,27 @@ def test_frame_plans_name_the_kinds_of_frames():
 
     with pytest.raises(ValueError, match="no plan for the temporal head Identity; count every frame"):
         frame_plan(Other())
+
+
+@pytest.mark.parametrize("config, opts, expected", [
+    (MPVSS_TINY, ["MODEL.MPVSS.KEY_INTERVAL", "3"], ["key frame", "propagated frame", "propagated frame"] * 2),
+    (MPVSS_TINY, ["MODEL.MPVSS.KEY_INTERVAL", "1"], ["frame"] * 6),
+    (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1"], ["first frame"] + ["streaming step"] * 5),
+    (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1", "MODEL.TV3S.INFERENCE", "clip"],  # offsets [-3, -2, -1, 0]
+     ["early frame"] * 3 + ["clip frame"] * 3),
+])
+def test_heads_name_the_kind_of_each_frame_they_ran_as_their_plan_says(config, opts, expected):
+    model = _tiny(config, *opts)[0].eval()
+    plan = frame_plan(model)
+    ran = []
+    with torch.no_grad():
+        for frame in video_frames(32, 32, len(expected)):
+            model([frame])
+            ran += model.frame_kinds
+    assert ran == expected
+    # every frame is of the kind of its plan's counted frame, or of the kind of the video's start
+    assert ran == [plan.start_kinds[0] if plan.same_as(i) is None else plan.kinds[plan.same_as(i)]
+                   for i in range(len(expected))]
 
 
 def test_plan_mismatches_find_frames_that_break_the_shortcut():
@@ -347,6 +364,11 @@ def test_benchmark_quick_default_on_the_cpu(capsys):
     out = capsys.readouterr().out
     assert out.startswith("5 frames of 32x48 per run, 1 runs per model, 1 warm-up frames, device cpu")
     assert "(the quick CPU default; --full for 50 frames x 3 runs)" in out
+    # --frames given: the note names only the counts the preset gave
+    tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu", "--frames", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("2 frames of 32x48 per run, 1 runs per model, 1 warm-up frames")
+    assert "(--warmup, --repeats: the quick CPU default; --full for 50 frames x 3 runs)" in out
     # --full with every count given: the given ones win, and no quick-default note
     tool.main(["--config-file", TINY, "--height", "32", "--width", "48", "--device", "cpu", "--full",
                "--frames", "2", "--warmup", "0", "--repeats", "1"])
@@ -375,10 +397,9 @@ def test_benchmark_streaming_presets_and_report(tmp_path, capsys):
 
 def test_benchmark_scan_baselines_compute_the_scan():
     # the timed loops must compute what the scan computes, or the speed-ups mean nothing
-    bench = load_tool("benchmark_scan")
-    inputs = bench.mamba_inputs(2, 8, 4, 37, "cpu", False)
+    inputs = scan.mamba_inputs(2, 8, 4, 37, "cpu", False)
     y_ref, final_ref = selective_scan_ref(**inputs, delta_softplus=True, return_final_state=True)
-    y, final = bench.mamba_reference_loop(**inputs, delta_softplus=True, return_final_state=True)
+    y, final = scan.mamba_reference_loop(**inputs, delta_softplus=True, return_final_state=True)
     assert y_ref.abs().max() > 0.1
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(final, final_ref, rtol=1e-5, atol=1e-6)

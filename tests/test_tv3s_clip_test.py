@@ -2,12 +2,12 @@
 
 The lists below are the release's (`tools/test.py --mode 0`, O: utils/datasets/custom.py:2073-2092;
 a clip of fewer than 4 frames returns the per-frame head's prediction, O: utils/models/tv3s_head.py:980-982),
-written out by hand so that the rule in vss.data.clips is checked against them, not against itself.
+written out by hand so that the rule in vss.modeling.tv3s.clips is checked against them, not against itself.
 """
 import pytest
 import torch
 
-from vss.data.clips import clip_frames, release_test_clip
+from vss.modeling.tv3s.clips import clip_frames, release_test_clip
 from vss.modeling.backbone.mit import MiT
 from vss.modeling.postprocess import sem_seg_output
 from vss.modeling.segformer_head import SegFormerHead

@@ -24,14 +24,12 @@ of a 480x853 frame takes 20-50 s on one CPU core; the hook count a plain forward
       --height 1024 --width 2048 --json output/r50_cityscapes_flops.json
 """
 import argparse
+import sys
 import json
 import os
 from collections import Counter
-import warnings
 
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 from detectron2.modeling import build_model
 from tabulate import tabulate
@@ -44,11 +42,12 @@ from vss.utils.flops import (
     count_frames,
     count_parameters,
     frame_plan,
+    mean_cost,
     plan_mismatches,
 )
+from vss.engine.cli import add_debug_argument, run_main
 
 COUNT_NAMES = {"fvcore": "fvcore", "hooks": "hooks, the TV3S release's counter"}
-MPVSS_KINDS = {0: "key frame", 1: "propagated frame"}
 
 
 def analyze(cfg, height, width, counts=("fvcore",), frames=None, intervals=(), progress=False):
@@ -56,10 +55,12 @@ def analyze(cfg, height, width, counts=("fvcore",), frames=None, intervals=(), p
 
     frames: None counts one frame of each kind (frame_plan); N counts every frame of an
     N-frame video and reports whether the shortcut holds. intervals: key-frame intervals whose
-    mean cost per frame is also given (MPVSS).
+    mean cost per frame is also given, besides the model's own (key-frame models: MPVSS).
     """
     model = build_model(cfg)
     plan = frame_plan(model)
+    if plan.key is not None:
+        intervals = sorted(set(intervals) | {len(plan.period)})
     if frames is not None and frames <= max(plan.kinds):
         raise ValueError(f"--frames {frames}: the video must reach frame {max(plan.kinds)} ({plan.summary})")
     params = count_parameters(model)
@@ -95,9 +96,11 @@ def _summarize(per_frame, plan, intervals):
         "gflops_per_frame_by_module": by_module,
         "gflops_of_each_kind": {kind: per_frame[i][""] / 1e9 for i, kind in plan.kinds.items()},
     }
-    if plan.kinds == MPVSS_KINDS:
-        key, propagated = (per_frame[i][""] / 1e9 for i in MPVSS_KINDS)
-        out["gflops_per_frame_with_key_interval"] = {str(k): (key + (k - 1) * propagated) / k for k in intervals}
+    costs = out["gflops_of_each_kind"]
+    if plan.key is not None and len(costs) == 2:  # a key frame, then propagated frames up to the next
+        (other,) = set(costs) - {plan.key}
+        out["gflops_per_frame_with_key_interval"] = {
+            str(k): mean_cost(costs, {plan.key: 1, other: k - 1}) for k in intervals}
     return out
 
 
@@ -146,6 +149,7 @@ def main(argv=None):
                         help="MPVSS: key-frame intervals to give the mean cost per frame for (and the config's)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.height < 1 or args.width < 1 or (args.frames is not None and args.frames < 1):
         parser.error(f"--height, --width and --frames must be positive, got {args.height}, {args.width}, "
@@ -158,8 +162,6 @@ def main(argv=None):
         parser.error(f"--intervals {args.intervals!r}: intervals must be >= 1")
 
     cfg = setup_cfg(args.config_file, args.opts)
-    if cfg.MODEL.VIDEO.TEMPORAL_HEAD == "MaskPropagation":
-        intervals = sorted(set(intervals) | {cfg.MODEL.MPVSS.KEY_INTERVAL})
     counts = COUNTS if args.count == "both" else (args.count,)
     try:
         result = analyze(cfg, args.height, args.width, counts, args.frames, intervals, progress=True)
@@ -173,4 +175,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "analyze_model.py", debug="--debug" in sys.argv[1:])

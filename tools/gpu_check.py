@@ -45,13 +45,9 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
-import warnings
-
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
 import contextlib
+
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 import cv2
 import numpy as np

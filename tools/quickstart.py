@@ -8,43 +8,29 @@
    SegFormer-B0, then TV3S fine-tuned from it. A model whose `model_final.pth` exists is not
    retrained (delete output/quickstart to start over);
 3. evaluates the four segmentation models on synthetic_vss_val with the VSS evaluator and
-   prints one table (mIoU, WIoU, mVC8, mVC16, frames/s of the evaluation pass). The full
-   protocol, with the ablations and longer schedules, is tools/synthetic_benchmark.py;
+   prints one table (mIoU, WIoU, mVC8, mVC16); OUTPUT/results.json holds it with the seed, the
+   thread count and the torch version (demo/quickstart_results.json is the README's copy). The
+   full protocol, with the ablations and longer schedules, is tools/synthetic_benchmark.py;
 4. segments a validation video with MPVSS into an overlay video (demo/demo.py);
 5. evaluates MPVSS and its Copy variant at key-frame intervals K = 2, 5, 10 and plots mIoU and
    the tiny model's GFLOPs per frame against K (tools/plot_keyframe_tradeoff.py).
 """
-import warnings
-
-# fvcore and detectron2 apply torch.jit.script at import time, which torch 2.x deprecates
-# with a FutureWarning on every command; nothing here scripts anything.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
 import argparse
 import json
 import os
 import subprocess
 import sys
 
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
+
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
-from tabulate import tabulate
 
 from vss.data.synthetic import generate
-from vss.engine import METRICS, evaluate, train_once, video_gflops
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOWNETS = "configs/synthetic/flownets_pretrain.yaml"
-PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
-MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
-COPY = "configs/synthetic/mpvss_copy.yaml"
-SEGFORMER = "configs/synthetic/segformer_tiny.yaml"
-TV3S = "configs/synthetic/tv3s_finetune.yaml"
-# Shorter than the configs' schedules, to keep the quickstart within minutes; FlowNet's rate
-# halvings at 1/3, 1/2 and 2/3 of the schedule as in the config.
-FLOWNETS_SCHEDULE = ["SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (50, 75, 100)]
-TV3S_ITERS = 100
-KEY_INTERVALS = (2, 5, 10)
+from vss.engine import evaluate, train_once, video_gflops
+from vss.engine.quickstart import (COPY, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME, REPO, SEED,
+                                   SEGFORMER, TV3S, TV3S_ITERS, config_path, results_table, run_environment)
+from vss.engine.cli import add_debug_argument, run_main
 
 
 def log(message):
@@ -52,17 +38,18 @@ def log(message):
 
 
 def train(name, path, output_dir, opts):
-    return train_once(name, os.path.join(REPO, path), output_dir, opts, log=log)
+    return train_once(name, config_path(path), output_dir, list(opts) + ["SEED", SEED], log=log)
 
 
 def run_eval(name, path, weights, opts=()):
-    return evaluate(name, os.path.join(REPO, path), weights, opts, log=log)
+    return evaluate(name, config_path(path), weights, opts, log=log)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"),
                         help="folder of the models, results, video and plot (`make demo OUT=...`)")
+    add_debug_argument(parser)
     args = parser.parse_args()
     setup_logger(name="vss")
     setup_logger()
@@ -86,38 +73,37 @@ def main():
         {"model": "SegFormer-B0 (per frame)", **run_eval("SegFormer-B0", SEGFORMER, segformer)},
         {"model": "TV3S (streaming)", **run_eval("TV3S", TV3S, tv3s)},
     ]
-    columns = list(METRICS) + ["frames/s"]
-    table = tabulate([[r["model"]] + [r[c] for c in columns] for r in rows], headers=["model"] + columns,
-                     floatfmt=".1f", tablefmt="github")
 
     video = os.path.join(summary["root"], "data", summary["videos"]["val"][0], "origin", "*.jpg")
     print(f"[quickstart] segmenting {video} with MPVSS")
     subprocess.run([sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file",
-                    os.path.join(REPO, MPVSS), "--input", video,
+                    config_path(MPVSS), "--input", video,
                     "--output-video", os.path.join(out, "demo.mp4"), "--opts", "MODEL.WEIGHTS", mpvss],
                    check=True)
 
-    runs = []
+    runs, tradeoff = [], {}
     for name, path, weights in [("copy", COPY, per_frame), ("query flow", MPVSS, mpvss)]:
-        files = []
+        files, tradeoff[name] = [], {}
         for k in KEY_INTERVALS:
             result = run_eval(f"{name}, K={k}", path, weights, ["MODEL.MPVSS.KEY_INTERVAL", str(k)])
+            tradeoff[name][f"K={k}"] = result["mIoU"]
             files.append(os.path.join(out, f"tradeoff_{name.replace(' ', '_')}_k{k}.json"))
             with open(files[-1], "w") as f:
                 json.dump({"K": k, "sem_seg": result}, f)
         runs += ["--runs", f"{name}=" + ",".join(files)]
-    key, nonkey = video_gflops(os.path.join(REPO, MPVSS), mpvss, ["MODEL.MPVSS.KEY_INTERVAL", "2"])
+    key, nonkey = video_gflops(config_path(MPVSS), mpvss, ["MODEL.MPVSS.KEY_INTERVAL", "2"])
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_keyframe_tradeoff.py"), *runs,
                     "--flops", f"KEY={key:.3f},NONKEY={nonkey:.3f}",
                     "--flops-label", "tiny MPVSS (query flow), synthetic frames",
                     "--output", os.path.join(out, "tradeoff.png")], check=True)
 
-    print("\n" + table)
+    results = {**run_environment(), "models": rows, "tradeoff_mIoU": tradeoff}
+    print("\n" + results_table(results))
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+        json.dump(results, f, indent=2)
     print(f"\n[quickstart] results: {out}/results.json, overlay video: {out}/demo.mp4, "
           f"trade-off plot: {out}/tradeoff.png")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "quickstart.py", debug="--debug" in sys.argv[1:])

@@ -17,52 +17,27 @@ mIoU / mVC8 of each with its mean and spread:
 
     .venv/bin/python tools/recipe_ablation.py [--seeds 0 1 2] [--only mpvss|tv3s] [--output DIR] [--json FILE]
 
-The per-frame models (and FlowNetS) are trained once, with SEED 0, and shared by every run; a
-stage whose model_final.pth exists is reused.
+The per-frame models (and FlowNetS) are trained once, with the quickstart's SEED, and shared by
+every run; a stage whose model_final.pth exists is reused.
 """
-import warnings
-
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
 import argparse
+import sys
 import json
 import os
-import statistics
 import time
+
+import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
+from vss.benchmark.recipe_ablation import MPVSS_SWITCHES, TV3S_SWITCHES, summary, with_all
 from vss.data.synthetic import generate
 from vss.engine import evaluate, train_once
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOWNETS = "configs/synthetic/flownets_pretrain.yaml"
-PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
-MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
-SEGFORMER = "configs/synthetic/segformer_tiny.yaml"
-TV3S = "configs/synthetic/tv3s_finetune.yaml"
-FLOWNETS_SCHEDULE = ["SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (50, 75, 100)]
-
-MPVSS_SWITCHES = {
-    "synthetic config (code defaults)": [],
-    "frozen modules in train mode": ["MODEL.VIDEO.FROZEN_MODE", "train"],
-    "per-video pair draw": ["DATALOADER.SAMPLE_BY", "video", "INPUT.VIDEO.PAIR_DRAW", "window"],
-}
-TV3S_SWITCHES = {
-    "synthetic config (code defaults)": [],
-    "per-frame colour jitter": ["INPUT.VIDEO.COLOR_AUG_PER_FRAME", True],
-    "loss averaged over every pixel": ["MODEL.SEM_SEG_HEAD.LOSS_AVERAGE", "all"],
-    "release clip targets, per-video draw": ["DATALOADER.SAMPLE_BY", "video", "INPUT.VIDEO.CLIP_TARGETS",
-                                             "full_context"],
-}
-
-
-def with_all(switches):
-    """The switches plus one run with all of them: the release's recipe."""
-    every = [x for opts in switches.values() for x in opts]
-    return {**switches, "all of the above (release)": every}
+from vss.engine.quickstart import (FLOWNETS, FLOWNETS_SCHEDULE, MPVSS, PER_FRAME, REPO, SEED, SEGFORMER, TV3S,
+                                   TV3S_ITERS, config_path)
+from vss.engine.cli import add_debug_argument, run_main
 
 
 def log(message):
@@ -73,25 +48,16 @@ def slug(name):
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def summary(runs):
-    """mean and sample standard deviation (0 for one run) of each metric over seeds."""
-    out = {}
-    for metric in ("mIoU", "mVC8"):
-        values = [r[metric] for r in runs.values()]
-        out[metric] = {"mean": statistics.mean(values),
-                       "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return out
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="SEED of each fine-tuning")
     parser.add_argument("--mpvss-iters", type=int, default=200, help="MPVSS fine-tuning iterations")
-    parser.add_argument("--tv3s-iters", type=int, default=100, help="TV3S fine-tuning iterations")
+    parser.add_argument("--tv3s-iters", type=int, default=TV3S_ITERS, help="TV3S fine-tuning iterations")
     parser.add_argument("--only", choices=("mpvss", "tv3s"), help="run one model's switches")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "recipe_ablation"),
                         help="folder of the models")
     parser.add_argument("--json", default=None, help="results file (default: OUTPUT/recipe_ablation.json)")
+    add_debug_argument(parser)
     args = parser.parse_args()
     setup_logger(name="vss")
     out = args.output
@@ -99,19 +65,19 @@ def main():
 
     data = generate(MetadataCatalog.get("synthetic_vss_train").dataset_root)
     log(f"synthetic data: {data['root']}")
-    base = ["SEED", 0]
+    base = ["SEED", SEED]
     results = {"seeds": args.seeds, "iterations": {"MPVSS": args.mpvss_iters, "TV3S": args.tv3s_iters}}
     models = []
     if args.only in (None, "mpvss"):
-        flownets = train_once("FlowNetS", os.path.join(REPO, FLOWNETS), os.path.join(out, "flownets"),
+        flownets = train_once("FlowNetS", config_path(FLOWNETS), os.path.join(out, "flownets"),
                               FLOWNETS_SCHEDULE + base, log=log)
-        per_frame = train_once("Mask2Former", os.path.join(REPO, PER_FRAME), os.path.join(out, "mask2former"),
+        per_frame = train_once("Mask2Former", config_path(PER_FRAME), os.path.join(out, "mask2former"),
                                base, log=log)
         models.append(("MPVSS", MPVSS, with_all(MPVSS_SWITCHES),
                        ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets,
                         "SOLVER.MAX_ITER", args.mpvss_iters]))
     if args.only in (None, "tv3s"):
-        segformer = train_once("SegFormer-B0", os.path.join(REPO, SEGFORMER), os.path.join(out, "segformer"),
+        segformer = train_once("SegFormer-B0", config_path(SEGFORMER), os.path.join(out, "segformer"),
                                base, log=log)
         models.append(("TV3S", TV3S, with_all(TV3S_SWITCHES),
                        ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", args.tv3s_iters]))
@@ -122,9 +88,9 @@ def main():
             runs = {}
             for seed in args.seeds:
                 run_dir = os.path.join(out, model.lower(), slug(name), f"seed{seed}")
-                weights = train_once(f"{model} / {name} / seed {seed}", os.path.join(REPO, config), run_dir,
+                weights = train_once(f"{model} / {name} / seed {seed}", config_path(config), run_dir,
                                      start + list(opts) + ["SEED", seed], log=log)
-                metrics = evaluate(f"{model} / {name} / seed {seed}", os.path.join(REPO, config), weights,
+                metrics = evaluate(f"{model} / {name} / seed {seed}", config_path(config), weights,
                                    list(opts), log=log)
                 runs[seed] = {m: metrics[m] for m in ("mIoU", "mVC8")}
                 log(f"{model} / {name} / seed {seed}: mIoU {runs[seed]['mIoU']:.2f}, mVC8 {runs[seed]['mVC8']:.2f}")
@@ -156,4 +122,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "recipe_ablation.py", debug="--debug" in sys.argv[1:])

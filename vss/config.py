@@ -188,6 +188,8 @@ def add_video_config(cfg):
     # (in the ground truth or the prediction: the MPVSS release's evaluator,
     # O: mask2former/evaluation/vspw_seg_evaluation.py:147-151).
     cfg.TEST.VSS.MIOU_CLASSES = "gt"
+    # Report the compute spent: frames of each kind, key-frame share, GFLOPs/frame (vss.evaluation.compute).
+    cfg.TEST.VSS.REPORT_COMPUTE = True
 
 
 def add_checkpoint_config(cfg):
@@ -199,6 +201,9 @@ def add_checkpoint_config(cfg):
     # Training may start from random weights when MODEL.WEIGHTS is empty; the VSPW/Cityscapes
     # configs set False, so that a forgotten ImageNet checkpoint is an error (vss.engine.weights).
     cfg.MODEL.ALLOW_RANDOM_INIT = True
+    # Read a .pkl MODEL.WEIGHTS with plain pickle, which runs any code the file names; otherwise
+    # only containers, numbers, strings and numpy arrays are admitted (vss.engine.safe_pickle).
+    cfg.MODEL.WEIGHTS_TRUSTED = False
 
 
 def add_video_model_config(cfg):
@@ -325,7 +330,7 @@ def add_tv3s_config(cfg):
     cfg.MODEL.TV3S.TEMPORAL_LOSS_FRAMES = "last"
     # "stream": one frame at a time with carried scan states; "clip": the release's test, each frame
     # from a fresh clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it, a video's
-    # first frames as the release does them (vss.data.clips.release_test_clip).
+    # first frames as the release does them (vss.modeling.tv3s.clips.release_test_clip).
     cfg.MODEL.TV3S.INFERENCE = "stream"
 
 
@@ -340,3 +345,5 @@ def add_vss_config(cfg):
     add_mpvss_config(cfg)
     add_flownets_config(cfg)
     add_tv3s_config(cfg)
+    # "auto" (instead of detectron2's "cuda"): CUDA where present, else the CPU (vss.engine.setup).
+    cfg.MODEL.DEVICE = "auto"

@@ -9,7 +9,7 @@ import logging
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
-from .mappers import ClipMapper, FrameMapper, PairMapper
+from .mappers import ClipMapper, FrameMapper, PairMapper, pair_keys
 from .train_loader import ResumableTrainLoader
 from .video import group_by_video
 
@@ -43,17 +43,19 @@ def build_mapper(cfg, is_train=True, videos=None):
 def usable_targets(records, sampler, max_gap):
     """The records `sampler` can use as a training target, and {reason: count} for the rest.
 
-    A "pair" target needs an earlier frame of its video at most `max_gap` frames before it.
+    A "pair" target needs a key frame (mappers.pair_keys): an earlier frame of its video at most
+    `max_gap` frames before it.
     """
-    kept, dropped = [], {}
-    for i, rec in enumerate(records):
-        prev = records[i - 1] if i and records[i - 1]["video_id"] == rec["video_id"] else None
+    kept, dropped, videos = [], {}, {}
+    for rec in records:
+        videos.setdefault(rec["video_id"], set()).add(rec["frame_idx"])
+    for rec in records:
+        frames = videos[rec["video_id"]]
         if rec.get("sem_seg_file_name") is None:
             reason = "unlabelled"
-        elif sampler == "pair" and prev is None:
-            reason = "first frame of its video (a pair needs an earlier key frame)"
-        elif sampler == "pair" and rec["frame_idx"] - prev["frame_idx"] > max_gap:
-            reason = f"after missing frames, no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP={max_gap}"
+        elif sampler == "pair" and not pair_keys(rec["frame_idx"], frames, max_gap):
+            reason = ("first frame of its video (a pair needs an earlier key frame)" if rec["frame_idx"] == min(frames)
+                      else f"after missing frames, no earlier frame within INPUT.VIDEO.PAIR_MAX_GAP={max_gap}")
         else:
             kept.append(rec)
             continue

@@ -14,8 +14,8 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
+from ..modeling.tv3s.clips import CLIP_TARGETS, check_clip_offsets, clip_frames
 from .augment import augment_frames, build_augmentations
-from .clips import CLIP_TARGETS, check_clip_offsets, clip_frames
 from .io import IGNORE_LABEL, read_frame, read_label
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,12 @@ class _VideoMapper(FrameMapper):
         return frames
 
 
+def pair_keys(target, frames, max_gap):
+    """The frame_idx values that may be the key frame of a pair whose target is frame `target`:
+    the video's `frames` (a set or dict of frame_idx) 1..max_gap frames before it, oldest first."""
+    return [k for k in range(target - max_gap, target) if k in frames]
+
+
 class PairMapper(_VideoMapper):
     """A labelled target frame t and an earlier key frame, whose prediction is propagated
     to t; only t's label is read. Two draws (INPUT.VIDEO.PAIR_DRAW):
@@ -272,7 +278,7 @@ class PairMapper(_VideoMapper):
             other = near[np.random.randint(len(near))]
             return frames[max(cur, other)], frames[min(cur, other)]
         t = record["frame_idx"]
-        keys = [k for k in range(t - self.max_gap, t) if k in frames]
+        keys = pair_keys(t, frames, self.max_gap)
         if not keys:
             raise ValueError(f"frame {record['file_name']} (video {record['video_id']!r}) has no earlier frame "
                              f"within INPUT.VIDEO.PAIR_MAX_GAP={self.max_gap}: a pair needs an earlier key frame")
@@ -292,7 +298,7 @@ class PairMapper(_VideoMapper):
 
 class ClipMapper(_VideoMapper):
     """Frames t + offset for each of `offsets` (target offset 0 last), chosen by
-    vss.data.clips.clip_frames.
+    vss.modeling.tv3s.clips.clip_frames.
 
     With probability `reverse_prob` the video plays backwards: offsets are negated,
     so the context comes from later frames and the target stays last.

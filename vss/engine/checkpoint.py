@@ -15,7 +15,8 @@
   ImageNet checkpoints upstream configs start from are ignored too (IMAGENET_EXTRAS). `allow_partial`
   (MODEL.WEIGHTS_ALLOW_PARTIAL) loads whatever fits.
 - A missing, truncated or foreign checkpoint file is an error naming the file and what was
-  expected.
+  expected. A .pkl is read without running code from it (vss.engine.safe_pickle) unless
+  `trusted` (MODEL.WEIGHTS_TRUSTED).
 - Checkpoints of another layout that a module declares (`weights_renamed`, {checkpoint key
   prefix: the module's own prefix}: MPVSS reads the release's `motion.*` as its
   `temporal.flow.*`) load renamed when the checkpoint has keys under the first of those
@@ -30,6 +31,8 @@ from collections import Counter
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import SemanticSegmentor
+
+from .safe_pickle import load_pickle
 
 # Keys of ImageNet checkpoints that no segmentation model has: detectron2's R-50.pkl / R-101.pkl
 # (classifier, and a stem bias the frozen-BN stem lacks), Swin's converted .pkl (classifier and
@@ -133,14 +136,27 @@ def atomic_write(path, write):
         os.close(descriptor)
 
 
+def model_zoo_checkpoint(data):
+    """A loaded .pkl as detectron2's DetectionCheckpointer reads it: the model-zoo layout as it is,
+    a Caffe2 / Detectron1 file's blobs with name-matching heuristics."""
+    if not isinstance(data, dict):
+        raise pickle.UnpicklingError(f"a .pkl checkpoint holds a dict, this one a {type(data).__name__}")
+    if "model" in data and "__author__" in data:
+        return data
+    data = data.get("blobs", data)  # detection models have "blobs", ImageNet models do not
+    return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
+            "matching_heuristics": True}
+
+
 class VSSCheckpointer(DetectionCheckpointer):
-    def __init__(self, model, save_dir="", *, for_training=False, allow_partial=False, **kwargs):
+    def __init__(self, model, save_dir="", *, for_training=False, allow_partial=False, trusted=False, **kwargs):
         """
         Args:
             for_training: the checkpointer of a training run, whose MODEL.WEIGHTS may lack the
                 model's declared `weights_may_miss` (its own checkpoints, to resume from, hold
                 everything). Otherwise (evaluation, inference) a checkpoint must hold every weight.
             allow_partial: load whatever fits, with a warning instead of an error.
+            trusted: read a .pkl with plain pickle, which runs whatever code the file names.
             kwargs: as DetectionCheckpointer's (save_to_disk, checkpointables).
         """
         super().__init__(model, save_dir, **kwargs)
@@ -149,7 +165,10 @@ class VSSCheckpointer(DetectionCheckpointer):
         self.ignored = declared(model, "weights_ignored")
         self.allow_partial = allow_partial
         self.renames = declared_renames(model)
+        self.trusted = trusted
         self._loading = None
+        # model keys the last load left without a value (None: it loaded no file)
+        self.missing_keys = None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -173,6 +192,7 @@ class VSSCheckpointer(DetectionCheckpointer):
             raise FileNotFoundError(f"checkpoint {path} does not exist: MODEL.WEIGHTS must be a local "
                                     "checkpoint file (nothing is downloaded)")
         self._loading = path
+        self.missing_keys = None
         try:
             return super().load(path, *args, **kwargs)
         finally:
@@ -182,6 +202,8 @@ class VSSCheckpointer(DetectionCheckpointer):
         # A truncated or foreign file surfaces as an unpickling or zip error naming neither the file
         # nor what was expected.
         try:
+            if filename.endswith(".pkl") and not self.trusted:
+                return model_zoo_checkpoint(load_pickle(filename))
             return super()._load_file(filename)
         except (EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError) as e:
             raise ValueError(f"checkpoint {filename} cannot be read, it is truncated or not a checkpoint "
@@ -193,7 +215,9 @@ class VSSCheckpointer(DetectionCheckpointer):
         if layout:
             self.logger.info(f"{self._loading} names its weights {', '.join(f'{a}*' for a in layout)}: loading them "
                              f"as {', '.join(f'{b}*' for b in layout.values())}")
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        self.missing_keys = list(incompatible.missing_keys)
+        return incompatible
 
     def _log_incompatible_keys(self, incompatible):
         # Called by load() with what did not fit; fvcore only logs warnings here.

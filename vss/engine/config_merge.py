@@ -5,9 +5,15 @@ and one on the command line with a bare assertion; both now raise a KeyError nam
 key, where it came from and the closest declared keys.
 """
 import difflib
+import os
 import re
 
 _UNKNOWN = re.compile(r"Non-existent config key: ([\w.]+)")
+
+
+class UnknownKeyError(KeyError, ValueError):
+    """A config key that neither detectron2 nor vss declares: a KeyError as yacs raises, and a
+    ValueError, the project's kind of user error (see vss.engine.cli)."""
 
 
 def _all_keys(node, prefix=""):
@@ -23,7 +29,7 @@ def _all_keys(node, prefix=""):
 def _unknown_key(cfg, key, where):
     close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.75)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return KeyError(f"Non-existent config key: {key} ({where}): expected a key declared by detectron2 "
+    return UnknownKeyError(f"Non-existent config key: {key} ({where}): expected a key declared by detectron2 "
                     f"or vss/config.py{hint}")
 
 
@@ -38,6 +44,8 @@ def _missing(cfg, key):
 
 def merge_config(cfg, config_file, opts=()):
     """cfg.merge_from_file(config_file) then cfg.merge_from_list(opts), unknown keys named."""
+    if not os.path.isfile(config_file):  # detectron2 asserts
+        raise FileNotFoundError(f"config file {config_file} does not exist")
     try:
         cfg.merge_from_file(config_file)
     except KeyError as e:

@@ -4,15 +4,13 @@ import itertools
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from ..modeling.tv3s.mamba import RMSNorm
-
+# torch's norm layers; the package's own declare themselves with a true `is_norm` (RMSNorm)
 NORM_TYPES = (
     torch.nn.modules.batchnorm._BatchNorm,
     torch.nn.GroupNorm,
     torch.nn.LayerNorm,
     torch.nn.modules.instancenorm._InstanceNorm,
     torch.nn.LocalResponseNorm,
-    RMSNorm,
 )
 # Parameters that act like embeddings and take SOLVER.WEIGHT_DECAY_EMBED.
 EMBED_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
@@ -60,7 +58,7 @@ def param_groups(cfg, model):
                     lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
                 else:
                     lr *= cfg.SOLVER.HEAD_MULTIPLIER
-                if isinstance(module, NORM_TYPES):
+                if isinstance(module, NORM_TYPES) or getattr(module, "is_norm", False):
                     decay = cfg.SOLVER.WEIGHT_DECAY_NORM
                 elif isinstance(module, torch.nn.Embedding) or name in EMBED_NAMES:
                     decay = cfg.SOLVER.WEIGHT_DECAY_EMBED

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from ..data.augment import augment_frames, build_augmentations
 from ..modeling import postprocess
-from .checkpoint import VSSCheckpointer
+from .loading import load_weights
 
 # Ids only have to differ between the videos of one model's state store; a process-wide
 # counter also keeps two predictors sharing a model apart.
@@ -39,7 +39,8 @@ class VideoPredictor:
     def __init__(self, cfg, half=False, labels_only=False):
         """
         Args:
-            cfg: a config as from `setup_cfg`; MODEL.WEIGHTS is loaded when set.
+            cfg: a config as from `setup_cfg`; its weights are loaded by `load_weights` (an empty
+                MODEL.WEIGHTS keeps the initialisation).
             half: run under float16 autocast; only on CUDA devices.
             labels_only: return {"sem_seg_labels": (H, W)} instead of the (K, H, W) scores, computed
                 without the full-size score map (see vss.modeling.postprocess).
@@ -56,8 +57,7 @@ class VideoPredictor:
         self.augmentations = build_augmentations(self.cfg, is_train=False)
         self.model = build_model(self.cfg)
         self.model.eval()
-        if self.cfg.MODEL.WEIGHTS:
-            VSSCheckpointer(self.model, allow_partial=self.cfg.MODEL.WEIGHTS_ALLOW_PARTIAL).load(self.cfg.MODEL.WEIGHTS)
+        load_weights(self.model, self.cfg, training=False)
         self.metadata = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if self.cfg.DATASETS.TEST else None
         self.reset()
 

@@ -4,17 +4,24 @@ Each step logs one line through `log` (print by default) so that long runs show 
 """
 import json
 import os
-import time
 
 from detectron2.data import DatasetCatalog
+from detectron2.utils.env import seed_all_rng
 
 from ..utils.flops import video_flops
-from .checkpoint import VSSCheckpointer
+from .loading import load_weights
 from .setup import setup_cfg
 from .trainer import EVALUATIONS, Trainer
 
-__all__ = ["METRICS", "train_once", "learning_curve", "load_model", "evaluate", "video_gflops"]
+__all__ = ["METRICS", "metric_names", "train_once", "learning_curve", "load_model", "evaluate", "video_gflops"]
 
+
+def metric_names(cfg):
+    """The metrics `evaluate` reports for `cfg`: mIoU, WIoU and mVC<n> for each TEST.VSS.VC_WINDOWS n."""
+    return ("mIoU", "WIoU", *(f"mVC{n}" for n in cfg.TEST.VSS.VC_WINDOWS))
+
+
+# metric_names of the default TEST.VSS.VC_WINDOWS [8, 16], the columns of the tools' tables
 METRICS = ("mIoU", "WIoU", "mVC8", "mVC16")
 
 
@@ -33,6 +40,9 @@ def train_once(name, config_file, output_dir, opts=(), log=print, eval_period=0)
     cfg = setup_cfg(config_file, list(opts) + ["OUTPUT_DIR", output_dir] + evaluation)
     log(f"{name}: training {cfg.SOLVER.MAX_ITER} iterations ({config_file})")
     os.makedirs(output_dir, exist_ok=True)
+    # What train_net.py's default_setup does: SEED fixes the model's initialisation and every
+    # draw during training (the samples' own draws come from it too, see vss.data.train_loader).
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -51,30 +61,31 @@ def learning_curve(output_dir, metrics=METRICS):
 
 
 def load_model(config_file, weights, opts=()):
-    """(cfg, model in eval mode) of `config_file` with the checkpoint `weights` ("" keeps the init)."""
+    """(cfg, model in eval mode) of `config_file` with the checkpoint `weights` ("" keeps the init),
+    loaded as every entry point loads (`load_weights`)."""
     cfg = setup_cfg(config_file, list(opts) + ["MODEL.WEIGHTS", weights])
     model = Trainer.build_model(cfg)
-    if weights:
-        VSSCheckpointer(model).load(weights)
+    load_weights(model, cfg, training=False)
     model.eval()
     return cfg, model
 
 
 def evaluate(name, config_file, weights, opts=(), log=print, model_fn=None):
-    """{metric: value for METRICS, "frames/s": ...} of `weights` on the config's first test set.
+    """The `metric_names(cfg)` of `weights` on the config's test sets, as detectron2's
+    DefaultTrainer.test returns results: {metric: value} for one test set, {dataset: {metric:
+    value}} in DATASETS.TEST's order for several.
 
-    frames/s is that of the evaluation pass: data loading and metrics included.
     model_fn: evaluates model_fn(model) instead of the loaded model (a diagnostic variant).
     """
     cfg, model = load_model(config_file, weights, opts)
     if model_fn is not None:
         model = model_fn(model)
-    dataset = cfg.DATASETS.TEST[0]
-    log(f"{name}: evaluating on {dataset}")
-    frames = len(Trainer.build_test_loader(cfg, dataset).dataset)
-    start = time.perf_counter()
-    metrics = Trainer.test(cfg, model)["sem_seg"]  # one test dataset: its results directly
-    return {**{m: metrics[m] for m in METRICS}, "frames/s": frames / (time.perf_counter() - start)}
+    log(f"{name}: evaluating on {', '.join(cfg.DATASETS.TEST)}")
+    results = Trainer.test(cfg, model)
+    if len(cfg.DATASETS.TEST) == 1:  # detectron2 returns the one dataset's results directly
+        results = {cfg.DATASETS.TEST[0]: results}
+    per_set = {dataset: {m: results[dataset]["sem_seg"][m] for m in metric_names(cfg)} for dataset in cfg.DATASETS.TEST}
+    return per_set[cfg.DATASETS.TEST[0]] if len(per_set) == 1 else per_set
 
 
 def video_gflops(config_file, weights="", opts=(), frames=2):

@@ -19,17 +19,29 @@ def load_cfg(config_file, opts=()):
     return cfg
 
 
-def prepare_cfg(cfg):
-    """Make a loaded config runnable in this process.
+# the explicit CUDA devices already warned about: tools set up many configs in one process
+_warned = set()
 
-    Registers the datasets of DATASETS.FOLDERS, and falls back to the CPU, with a warning,
-    when the config asks for CUDA on a machine without it, so that the same YAML runs
-    everywhere.
-    """
+
+def resolve_device(device):
+    """The device MODEL.DEVICE names in this process: "auto" is CUDA where present, else the CPU,
+    silently; an explicit "cuda..." without CUDA falls back to the CPU with one warning per process,
+    so that the same YAML runs everywhere."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        if device not in _warned:
+            _warned.add(device)
+            logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", device)
+        return "cpu"
+    return device
+
+
+def prepare_cfg(cfg):
+    """Make a loaded config runnable in this process: registers the datasets of DATASETS.FOLDERS
+    and resolves MODEL.DEVICE (`resolve_device`)."""
     register_video_folders(cfg.DATASETS.FOLDERS)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
 
 
 def setup_cfg(config_file, opts=(), freeze=True):

@@ -17,23 +17,22 @@ import logging
 import os
 import random
 import weakref
-from unittest import mock
 
 import numpy as np
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, defaults
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..data.build import build_video_train_loader
 from ..data.flow_pairs import build_flow_test_loader, build_flow_train_loader, is_flow_dataset
 from ..data.video import build_video_test_loader
-from ..evaluation import FlowEvaluator, VSSEvaluator
-from ..modeling.mpvss.motion_weights import load_motion_weights
+from ..evaluation import FlowEvaluator, VSSEvaluator, measuring
 from ..modeling.postprocess import labels_only
-from .checkpoint import VSSCheckpointer
 from .launch import create_ddp_model
+from .loading import build_checkpointer, load_weights
 from .optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -89,38 +88,40 @@ class Trainer(DefaultTrainer):
     datasets the video loaders and VSSEvaluator. SOLVER.AMP.ENABLED applies on CUDA only."""
 
     def __init__(self, cfg):
-        cfg = without_amp_off_cuda(cfg)
+        # DefaultTrainer.__init__, step by step, with this project's create_ddp_model (detectron2's
+        # gives DDP device_ids, which it rejects for a CPU model) and checkpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called for d2
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(without_amp_off_cuda(cfg), comm.get_world_size())
         self._rng_to_restore = None
-        # DefaultTrainer wraps the model with detectron2's create_ddp_model, which gives DDP
-        # device_ids that it rejects for a CPU model: ours leaves them out for CPU processes.
-        with mock.patch.object(defaults, "create_ddp_model", create_ddp_model):
-            super().__init__(cfg)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = build_checkpointer(model, cfg, training=True, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ makes its own checkpointer and then builds the hooks (the
-        # periodic checkpointer among them) from it: swap it for ours first.
-        self.checkpointer = VSSCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, for_training=True,
-            allow_partial=self.cfg.MODEL.WEIGHTS_ALLOW_PARTIAL, trainer=weakref.proxy(self),
-        )
-        hooks = super().build_hooks()
-        for hook in hooks:
-            # DefaultTrainer's EvalHook calls a closure of its own: record around it
-            if isinstance(hook, EvalHook):
-                hook._func = self._recorded(hook._func)
-        return hooks
+        # DefaultTrainer's evaluation hook, with a function that also records each evaluation
+        return [EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_and_record) if isinstance(hook, EvalHook) else hook
+                for hook in super().build_hooks()]
 
-    def _recorded(self, evaluate):
-        def evaluate_and_record():
-            results = evaluate()
-            if comm.is_main_process():
-                # after the last step trainer.iter is MAX_ITER, after step i it is i - 1
-                done = min(self.iter + 1, self.max_iter)
-                with open(os.path.join(self.cfg.OUTPUT_DIR, EVALUATIONS), "a") as f:
-                    f.write(json.dumps({"iter": done, "results": results}) + "\n")
-            return results
-
-        return evaluate_and_record
+    def evaluate_and_record(self):
+        """DefaultTrainer's evaluation during training (its results are what train() returns and
+        checks against TEST.EXPECTED_RESULTS), appended to OUTPUT_DIR/evaluations.jsonl."""
+        results = self._last_eval_results = self.test(self.cfg, self.model)
+        if comm.is_main_process():
+            # after the last step trainer.iter is MAX_ITER, after step i it is i - 1
+            done = min(self.iter + 1, self.max_iter)
+            with open(os.path.join(self.cfg.OUTPUT_DIR, EVALUATIONS), "a") as f:
+                f.write(json.dumps({"iter": done, "results": results}) + "\n")
+        return results
 
     def state_dict(self):
         ret = super().state_dict()  # iteration, scheduler
@@ -178,16 +179,20 @@ class Trainer(DefaultTrainer):
         # resumed from the checkpoint written just before it does not replay it.
         states = rng_states()
         try:
-            # The evaluators need labels only: the models skip the full-size score maps.
-            with labels_only():
+            # The evaluators need labels only: the models skip the full-size score maps. They
+            # report the compute the model spends (vss.evaluation.compute).
+            with labels_only(), measuring(model):
                 return super().test(cfg, model, evaluators)
         finally:
             set_rng_states(states)
 
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume)
-        if not (resume and self.checkpointer.has_checkpoint()):  # a resumed run has them already
-            load_motion_weights(self.model, self.cfg.MODEL.MOTION.WEIGHTS)
+        """DefaultTrainer's, through `load_weights`: MODEL.WEIGHTS (and MODEL.MOTION.WEIGHTS) for a new
+        run, the last checkpoint of OUTPUT_DIR for a resumed one."""
+        load_weights(self.model, self.cfg, training=True, resume=resume, checkpointer=self.checkpointer)
+        if resume and self.checkpointer.has_checkpoint():
+            # the checkpoint holds the iteration just finished
+            self.start_iter = self.iter + 1
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -213,6 +218,7 @@ class Trainer(DefaultTrainer):
             vc_windows=tuple(cfg.TEST.VSS.VC_WINDOWS),
             save_predictions=cfg.TEST.VSS.SAVE_PREDICTIONS,
             miou_classes=cfg.TEST.VSS.MIOU_CLASSES,
+            report_compute=cfg.TEST.VSS.REPORT_COMPUTE,
         )
 
     @classmethod

@@ -45,8 +45,9 @@ from ..data.io import read_label
 from ..data.mappers import FrameMapper
 from ..data.synthetic import ground_truth_flow
 from ..data.video import group_by_video
-from ..modeling.mask2former.semantic import semantic_outputs, upsample_masks
-from ..modeling.mpvss.warp import upsample_flow, warp_masks
+from ..modeling.mask2former.semantic import upsample_masks
+from ..modeling.mpvss import FlowNetS, MaskPropagation
+from ..modeling.mpvss.warp import upsample_flow
 from .vss_evaluator import VSSEvaluator
 
 __all__ = ["MOVING_PIXELS", "FlowEPE", "flow_in_frame_pixels", "true_grid_flow", "winning_queries",
@@ -167,54 +168,13 @@ class FlowEPE:
                 "EPE_classes": per_class}
 
 
-def _key_frame_outputs(model, image):
-    """(queries (Q, C), class logits (Q, K+1), mask logits (Q, h, w), padded size) of one key frame."""
-    padded = model.preprocess_image([image])
-    outputs = model.sem_seg_head(model.backbone(padded.tensor))
-    return outputs["queries"][0], outputs["pred_logits"][0], outputs["pred_masks"][0], padded.tensor.shape[-2:]
-
-
-def _flow_module(model):
-    """The FlowEstimator of an MPVSS model (None for Copy) or of a FlowNetS model, and whether it needs masks."""
-    temporal = getattr(model, "temporal", None)
-    if temporal is not None and hasattr(temporal, "propagate"):
-        return temporal.flow, True
-    if hasattr(model, "flow"):
-        return model.flow, False
-    raise ValueError(f"flow_diagnostics: {type(model).__name__} is neither an MPVSS model (VideoSegmentor with "
-                     "the MaskPropagation head) nor a FlowNetS model")
-
-
-def _owners(class_logits, mask_logits, padded_size, image_size, frame_size):
-    """winning_queries at the frame's size, the masks resized as the semantic path resizes them."""
-    h, w = image_size
-    masks = upsample_masks(mask_logits[None], padded_size)[..., :h, :w]
+def _owners(cache, frame_size):
+    """winning_queries of a KeyFrameCache at the frame's size, the masks resized as the semantic
+    path resizes them."""
+    h, w = cache.image_size
+    masks = upsample_masks(cache.mask_logits[None], cache.padded_size)[..., :h, :w]
     masks = F.interpolate(masks, size=frame_size, mode="bilinear", align_corners=False)
-    return winning_queries(class_logits, masks[0])
-
-
-def _grid_flow(model, flow_module, image, key_image, queries):
-    """Flow from image to key_image as the flow module gives it: (Q, 2, hf, wf), or (1, 2, hf, wf)
-    for one map shared by every query, in pixels of its grid over the padded input; and that
-    padded size. None for Copy: the key frame's masks stay where they are."""
-    if flow_module is None:
-        return None, None
-    size = tuple(image.shape[-2:])
-    # padded as the model pads (MPVSS: its backbone's divisibility, FlowNetS: the flow's)
-    div = getattr(model, "size_divisibility", flow_module.size_divisibility)
-    pair = [F.pad(x, (0, -size[1] % div, 0, -size[0] % div))[None] for x in (image, key_image)]
-    flow = flow_module(*pair, queries[None] if flow_module.reads_key_queries else None, [size])[0]
-    single = flow.stride(0) == 0 or flow.shape[0] == 1  # one map expanded over the queries
-    return (flow[:1] if single else flow), pair[0].shape[-2:]
-
-
-def _propagated(model, class_logits, mask_logits, padded, flow, image_size, frame_size):
-    """MPVSS's prediction for a frame: key-frame mask logits (Q, h, w) warped with `flow`
-    ((Q or 1, 2, hf, wf) over the padded input; None: unchanged), through the semantic path."""
-    masks = mask_logits[None] if flow is None else warp_masks(mask_logits[None], flow[None], model.temporal.warp)
-    (output,) = semantic_outputs(class_logits[None], masks, padded, [image_size], [frame_size],
-                                 model.temporal.sem_seg_postprocess_before_inference)
-    return output
+    return winning_queries(cache.class_logits, masks[0])
 
 
 @torch.no_grad()
@@ -228,7 +188,11 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
     The frames go through the test mapper of `cfg` (resized as in evaluation); the classes
     named in `object_classes` make the "objects" region.
     """
-    flow_module, uses_masks = _flow_module(model)
+    temporal = getattr(model, "temporal", None)
+    uses_masks = isinstance(temporal, MaskPropagation)
+    if not uses_masks and not isinstance(model, FlowNetS):
+        raise ValueError(f"flow_diagnostics: {type(model).__name__} is neither an MPVSS model (VideoSegmentor "
+                         "with the MaskPropagation head) nor a FlowNetS model")
     meta = MetadataCatalog.get(dataset_name)
     root = meta.get("dataset_root", None)
     if root is None:
@@ -244,30 +208,33 @@ def flow_diagnostics(model, cfg, dataset_name, max_gap=10, moving_pixels=MOVING_
     try:
         for video, records in group_by_video(DatasetCatalog.get(dataset_name)).items():
             for key in range(0, len(records), max_gap):
-                key_image = mapper(records[key])["image"].to(model.device).float()
-                queries = owner = None
-                if uses_masks:
-                    queries, class_logits, mask_logits, padded = _key_frame_outputs(model, key_image)
+                key_frame = mapper(records[key])
+                cache = temporal.key_frame(model, key_frame) if uses_masks else None
+                owner = None
                 for t in range(key + 1, min(key + max_gap + 1, len(records))):
                     record = records[t]
                     gt, valid = ground_truth_flow(root, video, record["frame_idx"], records[key]["frame_idx"])
-                    image = mapper(record)["image"].to(model.device).float()
-                    if image.shape != key_image.shape:
-                        raise ValueError(f"flow_diagnostics: {record['file_name']} is {tuple(image.shape)} but its "
-                                         f"key frame {records[key]['file_name']} is {tuple(key_image.shape)}")
-                    size, frame_size = tuple(image.shape[-2:]), gt.shape[:2]
-                    if uses_masks and owner is None:
-                        owner = _owners(class_logits, mask_logits, padded, size, frame_size)
-                    flow, flow_padded = _grid_flow(model, flow_module, image, key_image, queries)
+                    frame = mapper(record)
+                    if frame["image"].shape != key_frame["image"].shape:
+                        raise ValueError(f"flow_diagnostics: {record['file_name']} is {tuple(frame['image'].shape)} "
+                                         f"but its key frame {records[key]['file_name']} is "
+                                         f"{tuple(key_frame['image'].shape)}")
+                    size, frame_size = tuple(frame["image"].shape[-2:]), gt.shape[:2]
                     if uses_masks:
-                        true_flow = true_grid_flow(gt, size, padded).to(model.device)
+                        # the model's own steps, once with its flow and once with the true one
+                        flow, padded = temporal.key_flow(model, frame, cache), cache.padded_size
+                        true_flow = true_grid_flow(gt, size, padded).to(model.device)[None]
                         for name, f in (("flow", flow), ("true flow", true_flow)):
-                            scores[name].process([record], [_propagated(model, class_logits, mask_logits, padded, f,
-                                                                        size, frame_size)])
+                            masks = temporal.propagate(cache.mask_logits[None], f)
+                            scores[name].process([record], [temporal.prediction(cache, masks, frame_size)])
+                        if owner is None:
+                            owner = _owners(cache, frame_size)
+                    else:
+                        flow, padded = model.pair_flow(frame, key_frame)
                     if flow is None:
                         flow = torch.zeros(2, *frame_size)
                     else:
-                        flow = flow_in_frame_pixels(flow, flow_padded, size, frame_size)
+                        flow = flow_in_frame_pixels(flow[0], padded, size, frame_size)
                         flow = flow[0] if flow.shape[0] == 1 else flow
                     label = torch.from_numpy(read_label(record["sem_seg_file_name"], len(classes), meta.label_offset))
                     objects = (label[None] == object_ids).any(0)

@@ -34,7 +34,7 @@ import itertools
 import logging
 import math
 import os
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -45,6 +45,7 @@ from PIL import Image
 from tabulate import tabulate
 
 from ..data.io import IGNORE_LABEL, read_label
+from .compute import frame_kinds, measured_model, report
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class VSSEvaluator(DatasetEvaluator):
     """Confusion-matrix metrics and video consistency over a video dataset."""
 
     def __init__(self, dataset_name, distributed=True, output_dir=None, vc_windows=(8, 16),
-                 save_predictions=False, miou_classes="gt"):
+                 save_predictions=False, miou_classes="gt", report_compute=True):
         """
         Args:
             dataset_name (str): registered dataset; its metadata gives `stuff_classes` and
@@ -68,6 +69,9 @@ class VSSEvaluator(DatasetEvaluator):
                 (VC_perclip.py) read them: `<output_dir>/<video_id>/<frame stem>.png`, uint8,
                 0-based train ids, whatever the dataset's `label_offset`.
             miou_classes (str): the classes mIoU averages over, one of MIOU_CLASSES (module doc).
+            report_compute (bool): when evaluating inside `compute.measuring(model)` (as Trainer.test
+                does), also report the compute the model spent: frames of each kind, key-frame
+                share and GFLOPs per frame (vss.evaluation.compute).
         """
         meta = MetadataCatalog.get(dataset_name)
         self._dataset_name = dataset_name
@@ -80,6 +84,7 @@ class VSSEvaluator(DatasetEvaluator):
         if miou_classes not in MIOU_CLASSES:
             raise ValueError(f"TEST.VSS.MIOU_CLASSES must be one of {MIOU_CLASSES}, got {miou_classes!r}")
         self._miou_classes = miou_classes
+        self._report_compute = report_compute
         windows = sorted(set(vc_windows))
         bad = [n for n in windows if not isinstance(n, (int, np.integer)) or n < 2]
         if bad:
@@ -104,9 +109,14 @@ class VSSEvaluator(DatasetEvaluator):
         self._last_idx = None
         # (frame_idx, gt or None, prediction) of the last frames of the open video.
         self._frames = deque(maxlen=max(self._vc_windows, default=0))
+        # the evaluated model, to count its frames by kind and size (None: no compute report)
+        self._model = measured_model() if self._report_compute else None
+        self._kinds = Counter()
+        self._sizes = Counter()
 
     def process(self, inputs, outputs):
-        for record, output in zip(inputs, outputs):
+        kinds = None if self._model is None else frame_kinds(self._model, inputs)
+        for i, (record, output) in enumerate(zip(inputs, outputs)):
             video, idx = str(record["video_id"]), int(record["frame_idx"])
             self._check_order(video, idx, record["file_name"])
             pred = self._labels(record["file_name"], output).cpu().numpy().astype(self._pred_dtype)
@@ -135,6 +145,10 @@ class VSSEvaluator(DatasetEvaluator):
             self._frames.append((idx, gt, pred))
             if self._save_predictions:
                 self._write_prediction(video, record["file_name"], pred)
+            if kinds is not None:
+                height, width = record["image"].shape[-2:]
+                self._kinds[kinds[i]] += 1
+                self._sizes[(height, width, record.get("height", height), record.get("width", width))] += 1
 
     def _labels(self, file_name, output):
         """The frame's (H, W) labels from "sem_seg_labels" (models run inside `labels_only()`, as
@@ -217,7 +231,7 @@ class VSSEvaluator(DatasetEvaluator):
         videos = set(self._closed_videos)
         if self._video is not None:
             videos.add(self._video)
-        state = (self._conf, self._vc_values, videos)
+        state = (self._conf, self._vc_values, videos, self._kinds, self._sizes)
         if self._distributed:
             comm.synchronize()
             states = comm.gather(state, dst=0)
@@ -227,7 +241,7 @@ class VSSEvaluator(DatasetEvaluator):
             states = [state]
 
         seen = {}
-        for rank, (_, _, videos) in enumerate(states):
+        for rank, (_, _, videos, _, _) in enumerate(states):
             for video in videos:
                 if video in seen:
                     raise ValueError(
@@ -235,11 +249,16 @@ class VSSEvaluator(DatasetEvaluator):
                         f"the inference sampler must give each process whole videos"
                     )
                 seen[video] = rank
-        conf = sum(c for c, _, _ in states)
-        vc_values = {n: list(itertools.chain.from_iterable(v[n] for _, v, _ in states))
+        conf = sum(state[0] for state in states)
+        vc_values = {n: list(itertools.chain.from_iterable(state[1][n] for state in states))
                      for n in self._vc_windows}
         results = self._metrics(conf, vc_values)
-        self._log(results)
+        kinds = sum((state[3] for state in states), Counter())
+        compute = None
+        if self._model is not None and kinds:
+            entries, compute = report(self._model, kinds, sum((state[4] for state in states), Counter()))
+            results.update(entries)
+        self._log(results, compute)
         return OrderedDict(sem_seg=results)
 
     def _metrics(self, conf, vc_values):
@@ -266,7 +285,7 @@ class VSSEvaluator(DatasetEvaluator):
             res[f"IoU-{name}"] = 100 * value
         return res
 
-    def _log(self, res):
+    def _log(self, res, compute):
         pairs_per_row = 3
         cells = [x for name in self._class_names for x in (name, res[f"IoU-{name}"])]
         width = 2 * pairs_per_row
@@ -276,3 +295,5 @@ class VSSEvaluator(DatasetEvaluator):
         logger.info("Per-class IoU on %s:\n%s", self._dataset_name, table)
         summary = {k: v for k, v in res.items() if not k.startswith("IoU-")}
         logger.info("VSS metrics on %s:\n%s", self._dataset_name, create_small_table(summary))
+        if compute is not None:
+            logger.info("Compute spent on %s: %s", self._dataset_name, compute)

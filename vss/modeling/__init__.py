@@ -3,6 +3,5 @@ from . import backbone, mask2former, segformer_head  # noqa: F401  (registration
 from .video_segmentor import TEMPORAL_HEAD_REGISTRY, VideoSegmentor
 from .video_state import VideoStates
 
-from . import mpvss  # noqa: F401,E402  (temporal heads register into TEMPORAL_HEAD_REGISTRY)
+from . import mpvss  # noqa: F401,E402  (temporal heads register into TEMPORAL_HEAD_REGISTRY; FlowNetS)
 from . import tv3s  # noqa: F401,E402
-from .flownets import FlowNetS  # noqa: E402  (the flow-pretraining meta-architecture)

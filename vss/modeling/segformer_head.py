@@ -19,6 +19,8 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from .finite import LOGITS_CAUSE, check_finite
+
 __all__ = ["SegFormerHead", "LevelEmbed", "FuseConv", "cross_entropy", "init_predictor"]
 
 LOSS_AVERAGES = ("valid", "all")
@@ -160,6 +162,8 @@ class SegFormerHead(nn.Module):
         """Training: (None, {"loss_sem_seg"}) against `targets` (N, H, W) long. Inference:
         (logits upsampled by the finest stride, i.e. to the padded image size, {})."""
         logits = self.predict(self.forward_features(features))
+        # detectron2's SemanticSegmentor passes no inputs down: the rows are named by index
+        check_finite(logits, "the class logits", None, LOGITS_CAUSE)
         if self.training:
             if targets is None:
                 raise ValueError("SegFormerHead needs targets (the batch's 'sem_seg') in training")

@@ -30,8 +30,13 @@ Temporal heads of VideoSegmentor. A head is built as `head(cfg, backbone_shape)`
   `state` is what it returned for the previous frame of the same video (None at the
   first frame) and `output` is {"sem_seg": K x height x width} (from
   `postprocess.sem_seg_output`: {"sem_seg_labels": height x width} inside `labels_only()`);
+- `frame_plan() -> FramePlan` (vss.modeling.frame_plan): the kinds of frames its inference has;
+- `frame_kind(frame_idx, previous, state) -> str`: the kind of frame `frame_idx`, which `infer`
+  took from the video's state `previous` (None at its first frame) to `state`;
 - optionally `infer_clip(model, frames) -> list of outputs`, one forward over a clip.
-`model` is the VideoSegmentor, giving access to its backbone, head and preprocessing.
+`model` is the VideoSegmentor, giving access to its backbone, head and preprocessing. A head
+without `frame_plan` / `frame_kind` runs, but its frames cannot be counted by kind (FLOPs per
+kind, the evaluator's compute report).
 """
 
 
@@ -68,6 +73,9 @@ class VideoSegmentor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.states = VideoStates(max_open_videos)
+        # the kind of each frame of the latest inference call (the head's frame_kind), or None
+        # for a head that declares no kinds; the evaluator counts them
+        self.frame_kinds = None
         frozen = self._freeze(tuple(trainable)) if trainable else []
         self._frozen_modules = frozen if frozen_mode == "eval" else []
 
@@ -128,14 +136,18 @@ class VideoSegmentor(nn.Module):
     def forward(self, batched_inputs):
         if self.training:
             return self.temporal.losses(self, batched_inputs)
-        outputs = []
+        outputs, kinds = [], []
+        declares_kinds = hasattr(self.temporal, "frame_kind")
         for frame in batched_inputs:
             for key in ("video_id", "frame_idx"):
                 if key not in frame:
                     raise ValueError(f"video inference needs '{key}' in every input "
                                      f"(got keys {sorted(frame)} for {frame.get('file_name', 'a frame')})")
-            state = self.states.get(frame["video_id"], frame["frame_idx"])
-            output, state = self.temporal.infer(self, frame, state)
+            previous = self.states.get(frame["video_id"], frame["frame_idx"])
+            output, state = self.temporal.infer(self, frame, previous)
             self.states.put(frame["video_id"], frame["frame_idx"], state)
+            if declares_kinds:
+                kinds.append(self.temporal.frame_kind(frame["frame_idx"], previous, state))
             outputs.append(output)
+        self.frame_kinds = kinds if declares_kinds else None
         return outputs

@@ -1,5 +1,6 @@
 """Model analysis helpers shared by the tools."""
-from .flops import count_frames, count_parameters, flop_analysis, frame_flops, frame_plan, video_flops, video_frames
+from .flops import (count_frames, count_parameters, flop_analysis, frame_flops, frame_plan, kind_flops, mean_cost,
+                    video_flops, video_frames)
 from .hook_flops import hook_flops
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "frame_flops",
     "frame_plan",
     "hook_flops",
+    "kind_flops",
+    "mean_cost",
     "video_flops",
     "video_frames",
 ]

@@ -10,12 +10,11 @@ Mask2Former's pure-PyTorch path: that is what the published 110.6G (R50) include
 `count="hooks"` counts instead as the TV3S release did (hook_flops.py), to compare with its
 published numbers.
 
-Video models cost differently on different frames, but only a few kinds of frames exist
-(`frame_plan`): tracing one frame of each kind gives the per-frame cost of any video.
+Video models cost differently on different frames, but only a few kinds of frames exist, which
+their temporal heads declare (`frame_plan`): tracing one frame of each kind gives the cost of any
+video's frames, and `mean_cost` their mean per frame.
 """
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
@@ -24,9 +23,7 @@ from fvcore.nn.jit_handles import bmm_flop_jit
 from torch import nn
 from tqdm import tqdm
 
-from ..data.clips import release_test_clip
-from ..modeling.mpvss.propagation import MaskPropagation
-from ..modeling.tv3s.head import StateSpaceSharing
+from ..modeling.frame_plan import per_frame_plan
 from .hook_flops import hook_flops
 
 COUNTS = ("fvcore", "hooks")
@@ -50,21 +47,24 @@ def count_parameters(model):
     }
 
 
-def video_frames(height, width, frames, video_id="video", fill=0, seed=None):
+def video_frames(height, width, frames, video_id="video", fill=0, seed=None, output_size=None):
     """`frames` input dicts of one video, frame_idx 0..frames-1, in the models' test format.
 
     fill: the value of every pixel, or None for uniform random uint8 frames (from `seed`).
+    output_size: the frames' "height" and "width" (the size predictions are resized to);
+    default (height, width).
     """
     if frames < 1:
         raise ValueError(f"video_frames: need at least one frame, got frames={frames}")
     generator = None if seed is None else torch.Generator().manual_seed(seed)
+    out_height, out_width = output_size or (height, width)
     out = []
     for i in range(frames):
         if fill is None:
             image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
         else:
             image = torch.full((3, height, width), fill, dtype=torch.uint8)
-        out.append({"image": image, "height": height, "width": width, "video_id": video_id, "frame_idx": i})
+        out.append({"image": image, "height": out_height, "width": out_width, "video_id": video_id, "frame_idx": i})
     return out
 
 
@@ -134,19 +134,19 @@ def frame_flops(model, frame, count="fvcore"):
     raise ValueError(f"unknown FLOP count {count!r}; expected one of {COUNTS}")
 
 
-def count_frames(model, height, width, counted, count="fvcore", progress=False):
+def count_frames(model, height, width, counted, count="fvcore", progress=False, output_size=None):
     """FLOPs of some frames of one video of zero frames, {frame_idx: frame_flops Counter}.
 
     Frames 0..max(counted) run in order, in eval mode, so that each counted frame sees the
     video state its predecessors left; the others are not counted. The model's train/eval mode
-    is restored. progress: show a progress bar (on stderr).
+    is restored. progress: show a progress bar (on stderr). output_size: see video_frames.
     """
     if count not in COUNTS:
         raise ValueError(f"unknown FLOP count {count!r}; expected one of {COUNTS}")
     counted = set(counted)
     if not counted or min(counted) < 0:
         raise ValueError(f"count_frames: frames to count must be >= 0, got {sorted(counted)}")
-    frames = video_frames(height, width, max(counted) + 1, video_id="flops")
+    frames = video_frames(height, width, max(counted) + 1, video_id="flops", output_size=output_size)
     was_training = model.training
     model.eval()
     try:
@@ -175,58 +175,37 @@ def video_flops(model, height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, frames=DEFAUL
     return [per_frame[i] for i in range(frames)]
 
 
-@dataclass(frozen=True)
-class FramePlan:
-    """The kinds of frames a model's video inference has, so that one of each is counted.
-
-    Attributes:
-        kinds: {frame_idx: name} the frames to count, one per kind, in a video from frame 0.
-        same_as: frame_idx -> the counted frame of its kind (None: a frame of no counted kind,
-            e.g. a streaming model's first frame).
-        period: frames whose mean cost is the model's cost per frame (the steady state).
-        summary: what was counted and why, for the tools' output.
-    """
-
-    kinds: dict
-    same_as: Callable[[int], Optional[int]]
-    period: tuple
-    summary: str
-
-
 def frame_plan(model):
-    """The FramePlan of `model`: per-frame models (no temporal head) one frame; MPVSS one key
-    and one propagated frame; TV3S streaming one step after a first frame; TV3S clip mode the
-    first frame with a whole clip (every later frame scans a clip of the same length)."""
+    """The FramePlan (vss.modeling.frame_plan) of `model`: its temporal head's, or one kind of
+    frame for a per-frame model (no temporal head)."""
     temporal = getattr(model, "temporal", None)
-    if isinstance(temporal, MaskPropagation) and temporal.policy.interval > 1:
-        k = temporal.policy.interval
-        adaptive = temporal.policy.adaptive
-        summary = (f"one key frame and one propagated frame counted; per frame: the mean with a key frame every "
-                   f"K={k} frames (MODEL.MPVSS.KEY_INTERVAL)")
-        if adaptive:
-            summary += ("; KEY_POLICY adaptive: key frames come at least that often, so this is the least the "
-                        "policy costs")
-        return FramePlan({0: "key frame", 1: "propagated frame"}, lambda i: 0 if i % k == 0 else 1,
-                         tuple(range(k)), summary)
-    if isinstance(temporal, StateSpaceSharing) and temporal.inference == "stream":
-        return FramePlan({1: "streaming step"}, lambda i: 1 if i > 0 else None, (1,),
-                         "one streaming step counted (frame 1, after a first frame that starts the carried "
-                         "states): every later frame costs the same")
-    if isinstance(temporal, StateSpaceSharing):
-        offsets = temporal.clip_offsets
-        k = next(p for p in range(-offsets[0] + 1) if release_test_clip(p, offsets, list(range(p + 1)), 0))
-        return FramePlan({k: "clip frame"}, lambda i: k if i >= k else None, (k,),
-                         f"one frame counted (frame {k}, the first with a whole clip: every later frame scans a "
-                         f"clip of the same length; frames 0..{k - 1} of the release's clip test use the per-frame "
-                         "head alone and cost less)")
     if temporal is None:
-        why = "a per-frame model: every frame costs the same"
-    elif isinstance(temporal, MaskPropagation):
-        why = "MODEL.MPVSS.KEY_INTERVAL 1: every frame is a key frame"
-    else:
+        return per_frame_plan("a per-frame model: every frame costs the same")
+    if not hasattr(temporal, "frame_plan"):
         raise ValueError(f"frame_plan: no plan for the temporal head {type(temporal).__name__}; count every "
                          "frame instead (tools/analyze_model.py --frames N)")
-    return FramePlan({0: "frame"}, lambda i: 0, (0,), f"one frame counted ({why})")
+    return temporal.frame_plan()
+
+
+def kind_flops(model, height, width, output_size=None, count="fvcore"):
+    """{kind: frame_flops Counter} of one frame of every kind of frame `model` runs (its
+    frame_plan's, those of a video's start included), on `height` x `width` frames.
+
+    output_size: (height, width) of the predictions, when the model resizes them (the test-time
+    resize); default the frames' size.
+    """
+    frames = frame_plan(model).frames_of_each_kind()
+    per_frame = count_frames(model, height, width, frames.values(), count, output_size=output_size)
+    return {kind: per_frame[i] for kind, i in frames.items()}
+
+
+def mean_cost(costs, counts):
+    """The mean cost per frame of `counts[kind]` frames of each kind costing `costs[kind]` each,
+    e.g. a key frame every K frames: counts {"key frame": 1, "propagated frame": K - 1}."""
+    frames = sum(counts.values())
+    if frames < 1:
+        raise ValueError(f"mean_cost: no frames to average over (counts {dict(counts)})")
+    return sum(costs[kind] * n for kind, n in counts.items()) / frames
 
 
 def plan_mismatches(plan, per_frame):

@@ -11,7 +11,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .swin import drop_path
+from ..layers import drop_path
 
 __all__ = ["MiT", "MIT_VARIANTS", "OverlapPatchEmbed", "EfficientSelfAttention", "MixFFN", "MiTBlock"]
 

@@ -15,6 +15,8 @@ from torch.utils import checkpoint
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..layers import drop_path
+
 __all__ = [
     "D2SwinTransformer",
     "PatchEmbed",
@@ -29,16 +31,6 @@ __all__ = [
 # Attention logit between tokens of different shifted-window regions. Upstream's value,
 # kept (rather than -inf) so outputs match its checkpoints exactly.
 MASKED_LOGIT = -100.0
-
-
-def drop_path(x, prob, training):
-    """Stochastic depth: drop the residual branch for a random subset of the batch,
-    rescaling the kept samples so the expectation is unchanged."""
-    if prob == 0.0 or not training:
-        return x
-    keep = 1.0 - prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
 
 
 def window_partition(x, size):

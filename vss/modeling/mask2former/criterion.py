@@ -9,7 +9,8 @@ one) queries are matched to targets, then:
 
 The criterion returns UNWEIGHTED losses. The model multiplies each by
 `criterion.weight_dict[name]` and drops names missing from it (upstream's
-convention), which is also how DEEP_SUPERVISION = False discards auxiliary losses.
+convention; `SetCriterion.weigh`), which is also how DEEP_SUPERVISION = False
+discards auxiliary losses.
 The criterion only looks at the output tensors, so it applies to any mask logits
 (MPVSS feeds it masks warped from a key frame).
 """
@@ -165,6 +166,11 @@ class SetCriterion(nn.Module):
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
+
+    def weigh(self, losses):
+        """Each loss times its weight_dict weight; losses without one dropped (aux losses without
+        deep supervision)."""
+        return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
 
     def _losses_of(self, outputs, targets, num_masks):
         indices = self.matcher(outputs, targets)

@@ -5,8 +5,16 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..finite import LOGITS_CAUSE, check_finite
 from .criterion import build_criterion
 from .semantic import semantic_outputs
+
+
+def check_logits(outputs, frames):
+    """Raise NonFiniteError naming the frames (input dicts) whose final class or mask logits are
+    not finite; the auxiliary predictions lead to the final ones, so those are checked alone."""
+    for key, what in (("pred_logits", "the class logits"), ("pred_masks", "the mask logits")):
+        check_finite(outputs[key], what, frames, LOGITS_CAUSE)
 
 
 def prepare_targets(batched_inputs, padded_size, device):
@@ -37,6 +45,9 @@ class MaskFormer(nn.Module):
 
     # What training may start without (vss.engine.checkpoint): the heads, from an ImageNet backbone.
     weights_may_miss = ("sem_seg_head.", "criterion.")
+    # What training starts from (hints of vss.engine.weights).
+    weights_start = ("the per-frame Mask2Former starts from an ImageNet backbone: detectron2's R-50.pkl / R-101.pkl or "
+                     "Swin weights converted to detectron2's format (see projects/MPVSS/README.md, \"Initial weights\")")
 
     @configurable
     def __init__(
@@ -109,6 +120,7 @@ class MaskFormer(nn.Module):
     def forward(self, batched_inputs):
         images = self.preprocess_image(batched_inputs)
         outputs = self.forward_padded(images.tensor)
+        check_logits(outputs, batched_inputs)
         if self.training:
             targets = prepare_targets(batched_inputs, images.tensor.shape[-2:], self.device)
             return self.weighted_losses(self.criterion(outputs, targets))
@@ -126,6 +138,5 @@ class MaskFormer(nn.Module):
         )
 
     def weighted_losses(self, losses):
-        """Multiply each loss by its weight; drop losses without one (e.g. aux without deep supervision)."""
-        weights = self.criterion.weight_dict
-        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+        """The criterion's losses weighted (SetCriterion.weigh)."""
+        return self.criterion.weigh(losses)

@@ -43,9 +43,9 @@ class KeyFrameCache:
 
     Attributes:
         frame_idx: the key frame's frame_idx (frames since the key = current - this).
-        image: (3, h, w) the key frame as fed to the model (float, 0-255, unpadded), the
-            flow module's reference image.
-        image_size: (h, w) of `image`.
+        image: (3, Hp, Wp) the key frame as fed to the model (float, 0-255), zero-padded as
+            the model pads its input: the flow module's reference image.
+        image_size: (h, w) of the key frame inside the padding.
         queries: (Q, C) the key frame's final Mask2Former queries (after decoder_norm).
         class_logits: (Q, K + 1) the key frame's class logits, reused by every propagated frame.
         mask_logits: (Q, hm, wm) the key frame's final mask logits (1/4 of the padded frame).
@@ -62,6 +62,11 @@ class KeyFrameCache:
     mask_logits: torch.Tensor
     key_confidence: Optional[float] = None
     last_confidence: Optional[float] = None
+
+    @property
+    def padded_size(self):
+        """(Hp, Wp) of the padded frame, which the masks and the flow cover."""
+        return tuple(self.image.shape[-2:])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ motion encoder. MODEL.WEIGHTS gives the first (detectron2's checkpointer); this 
 run after it and logged on its own, gives the second:
 
 - source tensors: those under `temporal.flow.` (tools/convert_flownets.py, an MPVSS
-  checkpoint of this project), `flow.` (a FlowNetS pretraining run, vss/modeling/flownets.py)
+  checkpoint of this project), `flow.` (a FlowNetS pretraining run, flownets.py)
   or `motion.` (an MPVSS checkpoint of the official release);
 - target: the model's one FlowEstimator (`temporal.flow` of MPVSS, `flow` of FlowNetS);
 - a tensor loads where name and shape agree. The whole encoder must load (anything else

@@ -21,9 +21,15 @@ Two ways to do it (MODEL.MPVSS.WARP):
 import torch
 from torch.nn import functional as F
 
-__all__ = ["WARPS", "upsample_flow", "warp_masks"]
+__all__ = ["WARPS", "shared_flow", "upsample_flow", "warp_masks"]
 
 WARPS = ("exact", "release")
+
+
+def shared_flow(flow):
+    """Flow (B, Q, 2, hf, wf) -> (B, 1, 2, hf, wf) where it is one map expanded over the queries
+    (a pixel flow, see FlowEstimator.forward), else unchanged: such a flow is warped with once."""
+    return flow[:, :1] if flow.shape[1] > 1 and flow.stride(1) == 0 else flow
 
 
 def upsample_flow(flow, size):
@@ -66,8 +72,7 @@ def warp_masks(mask_logits, flow, mode="exact"):
     if flow.dim() != 5 or flow.shape[0] != b or flow.shape[1] not in (1, q) or flow.shape[2] != 2:
         raise ValueError(f"warp_masks: flow must be (B={b}, Q={q} or 1, 2, hf, wf) to match mask_logits "
                          f"{tuple(mask_logits.shape)}, got {tuple(flow.shape)}")
-    if flow.shape[1] > 1 and flow.stride(1) == 0:
-        flow = flow[:, :1]  # one map expanded over the queries (pixel flow): warp with it once
+    flow = shared_flow(flow)
     # at least float32 even under AMP: half precision cannot address pixels of a wide frame
     flow = flow.flatten(0, 1).to(torch.promote_types(flow.dtype, torch.float32))
     source = mask_logits.reshape(flow.shape[0], -1, h, w)

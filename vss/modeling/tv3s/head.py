@@ -14,7 +14,7 @@ equals scanning the clip of all frames so far in one go, at a cost and memory pe
 not depend on the video's length. "clip" reproduces the release's default test instead
 (`tools/test.py --mode 0`): every frame is predicted from a fresh clip of itself and the frames
 at INPUT.VIDEO.CLIP_OFFSETS before it (the training clip), with the release's clips for a
-video's first frames (vss.data.clips.release_test_clip): the per-frame head's prediction for
+video's first frames (clips.release_test_clip): the per-frame head's prediction for
 the first 3 frames, fixed frame lists for the next 6.
 
 Names follow the release (`vs.layers.{i}.mixer.*`, `vs.layers.{i}.norm`, `vs.norm_f`,
@@ -30,11 +30,13 @@ from detectron2.config import configurable
 from detectron2.structures import ImageList
 from torch import nn
 
-from ...data.clips import check_clip_offsets, release_test_clip
-from ..backbone.swin import drop_path
+from ..finite import LOGITS_CAUSE, check_finite
+from ..frame_plan import FramePlan
+from ..layers import drop_path
 from ..postprocess import sem_seg_output
 from ..segformer_head import LOSS_AVERAGES, PREDICTOR_INITS, check_choice, cross_entropy, init_predictor
 from ..video_segmentor import TEMPORAL_HEAD_REGISTRY
+from .clips import check_clip_offsets, release_test_clip
 from .mamba import MambaBlock, RMSNorm
 from .windows import merge, partition, window_groups
 
@@ -156,6 +158,10 @@ class ClipState:
 
 @TEMPORAL_HEAD_REGISTRY.register()
 class StateSpaceSharing(nn.Module):
+    # What training starts from (hints of vss.engine.weights).
+    weights_start = ("TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder` "
+                     "or from a TV3S checkpoint (see projects/TV3S/README.md)")
+
     @configurable
     def __init__(self, *, num_classes, embed_dim=256, window_size=20, shift=10, num_blocks=4, d_state=16,
                  d_conv=4, expand=2, drop_path=0.1, dropout=0.1, aux_weight=0.5, temporal_weight=1.0,
@@ -286,6 +292,9 @@ class StateSpaceSharing(nn.Module):
             temporal, temporal_targets = self.classify(y.flatten(0, 1), fused.shape[-2:]), targets
         else:
             temporal, temporal_targets = self.classify(y[:, -1], fused.shape[-2:]), targets[frames - 1 :: frames]
+        clips = len(batched_inputs)
+        check_finite(aux.reshape(clips, -1), "the per-frame head's class logits", batched_inputs, LOGITS_CAUSE)
+        check_finite(temporal.reshape(clips, -1), "the class logits", batched_inputs, LOGITS_CAUSE)
         return {
             "loss_sem_seg_aux": self.aux_weight * self.cross_entropy(aux, aux_targets),
             "loss_sem_seg": self.temporal_weight * self.cross_entropy(temporal, temporal_targets),
@@ -316,7 +325,8 @@ class StateSpaceSharing(nn.Module):
             clip = self._clip(stored, frame["frame_idx"], first)
             state = ClipState(image_size=size, first=first, frames=self._still_needed(stored, frame["frame_idx"]))
             if clip is None:  # the release's first frames of a video: the per-frame head alone
-                return self._outputs(model.sem_seg_head.predict(fused), images, [frame])[0], state
+                return self._outputs(model.sem_seg_head.predict(fused), images, [frame], "the per-frame head's "
+                                     "class logits")[0], state
             y, _ = self.vs(torch.cat(clip, dim=1))
         logits = self.classify(y[:, -1], fused.shape[-2:])
         return self._outputs(logits, images, [frame])[0], state
@@ -329,6 +339,30 @@ class StateSpaceSharing(nn.Module):
         y, _ = self.vs(self.mamba_input(fused, len(frames)))
         logits = self.classify(y[0], fused.shape[-2:])
         return self._outputs(logits, images, frames)
+
+    # ---- frame kinds (vss.modeling.frame_plan) ----------------------------------------------
+
+    def frame_plan(self):
+        if self.inference == "stream":
+            return FramePlan({1: "streaming step"}, lambda i: 1 if i > 0 else None, (1,),
+                             "one streaming step counted (frame 1, after a first frame that starts the carried "
+                             "states): every later frame costs the same", start_kinds={0: "first frame"})
+        k = self._first_clip_position()
+        return FramePlan({k: "clip frame"}, lambda i: k if i >= k else None, (k,),
+                         f"one frame counted (frame {k}, the first with a whole clip: every later frame scans a "
+                         f"clip of the same length; frames 0..{k - 1} of the release's clip test use the per-frame "
+                         "head alone and cost less)", start_kinds={0: "early frame"})
+
+    def frame_kind(self, frame_idx, previous, state):
+        if self.inference == "stream":
+            return "first frame" if previous is None else "streaming step"
+        return "clip frame" if frame_idx - state.first >= self._first_clip_position() else "early frame"
+
+    def _first_clip_position(self):
+        """The position in its video of the first frame the release's clip test scans a clip for (the
+        clips only grow with the position, so every later frame has one)."""
+        offsets = self.clip_offsets
+        return next(p for p in range(-offsets[0] + 1) if release_test_clip(p, offsets, list(range(p + 1)), 0))
 
     def _clip(self, stored, frame_idx, first):
         """The Mamba inputs of the release's test clip of frame `frame_idx` (release_test_clip), or
@@ -345,9 +379,11 @@ class StateSpaceSharing(nn.Module):
         return tuple(older[-1:] + [s for s in stored if s[0] > reach])
 
     @staticmethod
-    def _outputs(logits, images, frames):
-        """Logits (N, K, h, w) at 1/4 of the padded frames -> [{"sem_seg": (K, height, width)}]
-        (labels inside `labels_only()`, see postprocess.sem_seg_output)."""
+    def _outputs(logits, images, frames, what="the class logits"):
+        """Logits (N, K, h, w) at 1/4 of the padded frames of the input dicts `frames` ->
+        [{"sem_seg": (K, height, width)}] (labels inside `labels_only()`, see
+        postprocess.sem_seg_output); an error naming the frames whose logits are not finite."""
+        check_finite(logits, what, frames, LOGITS_CAUSE)
         logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
         outputs = []
         for scores, image_size, frame in zip(logits, images.image_sizes, frames):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone.swin import drop_path
+from ..layers import drop_path
 from .scan import causal_conv1d, selective_scan
 
 __all__ = ["Mamba", "MambaState", "RMSNorm", "MambaBlock"]
@@ -109,6 +109,9 @@ def at_least_float32(t):
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 or wider (no bias, no centering)."""
+
+    # a norm layer for the optimizer's SOLVER.WEIGHT_DECAY_NORM (vss.engine.optimizer)
+    is_norm = True
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()

@@ -1,4 +1,4 @@
-# Checks vss.data.clips against the TV3S release's own clip-index code (its methods taken from the
+# Checks vss.modeling.tv3s.clips against the TV3S release's own clip-index code (its methods taken from the
 # checkout and run, not copied): python check_tv3s_clips.py <TV3S checkout>.
 import ast, os, random, sys
 OFFICIAL = sys.argv[1] if len(sys.argv) > 1 else "/work/official/TV3S"
@@ -37,7 +37,7 @@ class Fake:
         return list(self.seen)
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[4]))
-from vss.data.clips import release_test_clip, clip_frames
+from vss.modeling.tv3s.clips import release_test_clip, clip_frames
 n = 40
 for t in range(n):
     f = Fake(n)

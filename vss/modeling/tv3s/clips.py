@@ -1,11 +1,11 @@
 """Which frames of a video form the clip of a target frame: the one rule that training clips
-(ClipMapper) and TV3S's clip test (StateSpaceSharing, MODEL.TV3S.INFERENCE "clip") share.
+(vss.data's ClipMapper) and TV3S's clip test (StateSpaceSharing, MODEL.TV3S.INFERENCE "clip") share.
 
 A clip holds the frames t + offset for INPUT.VIDEO.CLIP_OFFSETS (increasing, the target's 0
 last), or t - offset when the video plays backwards, so the target always comes last. Frames
 are named by frame_idx, which may skip values where a frame is missing; such a gap is real
-time, never closed up. Plain python on frame numbers, so that vss.data and vss.modeling import
-it without importing each other's machinery.
+time, never closed up. Plain python on frame numbers: the data side calls it with its records'
+frame numbers, the head with the frames it has seen.
 """
 import bisect
 

@@ -5,7 +5,7 @@ meta-architecture trains that network through train_net.py on frame pairs with g
 flow: it is MPVSS's flow module in its "pixel" variant (`FlowEstimator`: the same input
 preparation, motion encoder and FlowNetS coarse-to-fine decoder, nothing duplicated), so
 its weights `flow.encoder.*` / `flow.decoder.*` load into MPVSS models through
-MODEL.MOTION.WEIGHTS (see vss/modeling/mpvss/motion_weights.py).
+MODEL.MOTION.WEIGHTS (see motion_weights.py).
 
 Units: every level predicts flow in pixels of the finest flow grid (conv2's, 1/8 of the
 frame at the default input scale 0.5), the unit MPVSS warps with. The loss compares
@@ -21,9 +21,10 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..finite import FLOW_CAUSE, check_finite
+from .flow import FlowEstimator
 from .flow_loss import multiscale_epe
-from .mpvss.flow import FlowEstimator
-from .mpvss.warp import upsample_flow
+from .warp import shared_flow, upsample_flow
 
 __all__ = ["FlowNetS"]
 
@@ -83,6 +84,7 @@ class FlowNetS(nn.Module):
                              f"{images.image_sizes} and key_image sizes {key_images.image_sizes}")
         x = self.flow.prepare_inputs(images.tensor, key_images.tensor, images.image_sizes)
         flows = self.flow.decoder.pixel_flow(self.flow.encoder(x), all_levels=True)
+        check_finite(flows[0], "the flow", batched_inputs, FLOW_CAUSE)
         padded = images.tensor.shape[-2:]
         cell = padded[0] // flows[0].shape[-2]
         if (flows[0].shape[-2] * cell, flows[0].shape[-1] * cell) != tuple(padded):
@@ -91,6 +93,14 @@ class FlowNetS(nn.Module):
         if self.training:
             return self.losses(flows, batched_inputs, cell)
         return self.postprocess(flows[0], batched_inputs, images)
+
+    def pair_flow(self, frame, key_frame):
+        """Flow from `frame`'s "image" to `key_frame`'s (input dicts): (1, 1, 2, hf, wf) in pixels of
+        its grid over the padded frame (MaskPropagation.key_flow's layout), and that padded size."""
+        images, key_images = (self._batch([x], "image") for x in (frame, key_frame))
+        flow = self.flow(images.tensor, key_images.tensor, None, images.image_sizes)
+        check_finite(flow, "the flow", [frame], FLOW_CAUSE)
+        return shared_flow(flow), tuple(images.tensor.shape[-2:])
 
     def losses(self, flows, batched_inputs, cell):
         target = self._batch(batched_inputs, "flow").tensor

@@ -1,0 +1,1 @@
+"""What the tools/ benchmarks measure and report, importable (their scripts are command lines)."""

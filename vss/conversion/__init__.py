@@ -1,0 +1,1 @@
+"""Converters of released checkpoints to this project's key layout (the tools/convert_*.py commands)."""

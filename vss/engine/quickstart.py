@@ -1,0 +1,42 @@
+"""The quickstart's recipe on the synthetic set (`make demo`, tools/quickstart.py): which configs,
+how long, which seed, and the table its results file renders to.
+
+tools/recipe_ablation.py fine-tunes the same video models from the same per-frame starts.
+"""
+import os
+
+import torch
+from tabulate import tabulate
+
+from .runs import METRICS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLOWNETS = "configs/synthetic/flownets_pretrain.yaml"
+PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
+MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
+COPY = "configs/synthetic/mpvss_copy.yaml"
+SEGFORMER = "configs/synthetic/segformer_tiny.yaml"
+TV3S = "configs/synthetic/tv3s_finetune.yaml"
+# Shorter than the configs' schedules, to keep the quickstart within minutes; FlowNet's rate
+# halvings at 1/3, 1/2 and 2/3 of the schedule as in the config.
+FLOWNETS_SCHEDULE = ["SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (50, 75, 100)]
+TV3S_ITERS = 100
+KEY_INTERVALS = (2, 5, 10)
+SEED = 0
+
+
+def config_path(config):
+    """The absolute path of one of the configs above."""
+    return os.path.join(REPO, config)
+
+
+def run_environment():
+    """What a seeded run's numbers still depend on: the thread count (the order of float sums)
+    and the torch build (its kernels); the machine's BLAS is behind both."""
+    return {"seed": SEED, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def results_table(results):
+    """The Markdown table of a quickstart results file's `models` (as the README shows it)."""
+    rows = [[r["model"]] + [r[c] for c in METRICS] for r in results["models"]]
+    return tabulate(rows, headers=["model", *METRICS], floatfmt=".1f", tablefmt="github")
