@@ -45,14 +45,15 @@ from detectron2.utils.visualizer import Visualizer
 from vss.data.frames import natural_key
 from vss.data.io import IGNORE_LABEL, read_frame
 from vss.engine import VideoPredictor, check_weights, setup_cfg
+from vss.engine.cli import add_debug_argument, run_main
 from vss.modeling.postprocess import output_labels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 15.0
 
 
-class DemoError(Exception):
-    """A problem with the demo's input, output or dataset metadata; main() exits with its message."""
+class DemoError(ValueError):
+    """A problem with the demo's input, output or dataset metadata: a user error (vss.engine.cli)."""
 
 
 def frame_files(spec):
@@ -300,6 +301,7 @@ def build_parser():
     # "*" and not REMAINDER: options after the overrides are still options.
     parser.add_argument("--opts", default=[], nargs="*", metavar="KEY VALUE",
                         help="config overrides, up to the next option")
+    add_debug_argument(parser)
     return parser
 
 
@@ -317,25 +319,17 @@ def main(argv=None):
         source = FrameInput(args.input)
         if args.output_dir is not None and source.paths is not None:
             _check_unique_stems(source.paths)
-        try:
-            cfg = setup_cfg(args.config_file, args.opts)
-        except (FileNotFoundError, ValueError) as e:  # e.g. a DATASETS.FOLDERS entry
-            raise DemoError(e) from None
+        cfg = setup_cfg(args.config_file, args.opts)
         if args.half and not cfg.MODEL.DEVICE.startswith("cuda"):
             parser.error(f"--half needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
         _check_outputs(args.output_video, args.output_dir)
-        try:
-            check_weights(cfg, args.config_file, training=False)
-            predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
-        except (FileNotFoundError, ValueError) as e:  # missing weights, or a checkpoint that does not fit
-            raise DemoError(e) from None
+        check_weights(cfg, args.config_file, training=False)
+        predictor = VideoPredictor(cfg, half=args.half, labels_only=True)
         dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
         classes = _class_names(predictor, dataset)
         # Output files and folders only once the model has loaded: an error before leaves none behind.
         writer = OutputWriter(args.output_video, args.output_dir, args.fps or source.fps or DEFAULT_FPS, source.video)
         frames, seconds, keys = segment(predictor, source, writer, classes, dataset)
-    except DemoError as e:
-        sys.exit(f"demo: error: {e}")
     finally:
         if writer is not None:
             writer.close()
@@ -347,4 +341,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     setup_logger(name="vss")  # formatted warnings (e.g. the CPU fallback); not in main(), which tests call
-    sys.exit(main())
+    sys.exit(run_main(main, "demo.py", debug="--debug" in sys.argv[1:]))

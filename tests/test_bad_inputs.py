@@ -254,11 +254,10 @@ def demo():
 
 
 def demo_error(demo, argv):
-    """The message demo.main(argv) exits with."""
-    with pytest.raises(SystemExit) as e:
+    """The message demo.main(argv) stops with (a user error: one line and status 2 from the script)."""
+    with pytest.raises(demo.DemoError) as e:
         demo.main(argv)
-    assert isinstance(e.value.code, str), e.value.code
-    return e.value.code
+    return str(e.value)
 
 
 def test_demo_input_matching_no_file(demo, tmp_path):

@@ -108,6 +108,17 @@ def test_converters_report_a_missing_input_in_one_line(tool, tmp_path, capsys, m
         _run(tool, *args, "--debug")
 
 
+def test_demo_errors(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("VSS_DEBUG", raising=False)
+    args = ["--config-file", str(REPO / CONFIG), "--input", str(tmp_path / "none.mp4"), "--output-dir", str(tmp_path)]
+    assert _run("demo/demo.py", *args) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"demo.py: error: input {tmp_path / 'none.mp4'} does not "
+                                                        "exist (expected a video file, a folder of frames or a glob "
+                                                        "pattern)")
+    with pytest.raises(ValueError, match="does not exist"):
+        _run("demo/demo.py", *args, "--debug")
+
+
 @pytest.mark.slow
 def test_train_net_as_a_process():
     env = {k: v for k, v in os.environ.items() if k != "VSS_DEBUG"}

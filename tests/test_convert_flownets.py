@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vss.conversion.flownets import convert
+from vss.conversion.flownets import convert, read_checkpoint
 from vss.modeling.mpvss import FlowEstimator
 from vss.modeling.mpvss.motion_weights import load_motion_weights
 from conftest import REPO, load_script
@@ -152,3 +152,6 @@ def test_converter_rejects_other_checkpoints(tmp_path):
     torch.save({"arch": "flownetc", "state_dict": sd, "div_flow": 20}, path)
     with pytest.raises(ValueError, match="only 'flownets'"):
         cli.main([str(path), str(tmp_path / "out.pth")])
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=f"{path} is not a FlowNetPytorch checkpoint"):
+        read_checkpoint(path)

@@ -13,6 +13,7 @@ from PIL import Image
 from vss.data.io import read_frame
 from vss.data.synthetic import generate
 from vss.engine import Trainer, VideoPredictor, setup_cfg
+from vss.engine.cli import run_main
 
 from conftest import REPO, load_script
 from test_evaluator import official_vc_perclip
@@ -169,11 +170,10 @@ def test_mpvss_counts_key_frames(video, tmp_path, capsys):
 
 
 def _error(argv, capsys):
-    """main(argv)'s exit code and message (SystemExit's text, or argparse's on stderr)."""
+    """The exit status and stderr of main(argv) run as the script runs it (run_main)."""
     with pytest.raises(SystemExit) as e:
-        demo.main(argv)
-    code = e.value.code
-    return (code, capsys.readouterr().err) if isinstance(code, int) else (1, code)
+        run_main(lambda: demo.main(argv), "demo.py")
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, reason", [
@@ -211,7 +211,7 @@ def test_input_errors(case, reason, video, tmp_path, capsys):
         path = tmp_path / "0.*"
     code, message = _error(["--config-file", CONFIG, "--input", str(path), "--output-dir", str(tmp_path / "out"),
                             "--opts", "MODEL.WEIGHTS", weights] + OPTS, capsys)
-    assert code != 0 and reason in message
+    assert code == 2 and reason in message
     assert str(bad if case in ("unreadable_frame", "same_stem") else path) in message
 
 
@@ -225,7 +225,7 @@ def test_metadata_errors(opts, reason, video, tmp_path, capsys):
     folder, _, weights = video
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path),
                             "--opts", "MODEL.WEIGHTS", weights, *opts] + OPTS, capsys)
-    assert code != 0 and reason in message
+    assert code == 2 and reason in message
 
 
 @pytest.mark.parametrize("option", ["--output-dir", "--output-video"])
@@ -236,7 +236,7 @@ def test_unwritable_output(option, video, tmp_path, capsys):
     target = blocker / "sub" / ("v.mp4" if option == "--output-video" else "out")
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), option, str(target),
                             "--opts", "MODEL.WEIGHTS", weights] + OPTS, capsys)
-    assert code != 0 and str(blocker / "sub") in message
+    assert code == 2 and str(blocker / "sub") in message
 
 
 def test_usage_errors(video, tmp_path, capsys):
@@ -274,7 +274,7 @@ def test_weights_errors(weights, reason, video, tmp_path, capsys):
     code, message = _error(["--config-file", CONFIG, "--input", str(folder), "--output-dir", str(tmp_path / "out"),
                             "--output-video", str(tmp_path / "out" / "v.mp4"),
                             "--opts", "MODEL.WEIGHTS", weights.format(tmp=tmp_path)] + OPTS, capsys)
-    assert code != 0 and reason.format(tmp=tmp_path, config=CONFIG) in message
+    assert code == 2 and reason.format(tmp=tmp_path, config=CONFIG) in message
     assert not (tmp_path / "out").exists()  # no empty output folders left behind
 
 

@@ -299,6 +299,17 @@ def test_device_is_the_best_present_silently(tmp_path, caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == ["MODEL.DEVICE=cuda but CUDA is not available: using the CPU"]
 
 
+def test_the_detectron2_idiom_builds_a_model_on_the_best_device():
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    add_vss_config(cfg)
+    cfg.merge_from_file(str(REPO / SYNTHETIC / "mpvss_query_flow.yaml"))
+    model = build_model(cfg)
+    best = "cuda" if torch.cuda.is_available() else "cpu"
+    assert cfg.MODEL.DEVICE == best and next(model.parameters()).device.type == best
+
+
 class ToyWeightsHead(torch.nn.Module):
     """A temporal head that declares only what its training starts from."""
     weights_start = "the toy head starts from toy.pth (see its README)"

@@ -177,7 +177,7 @@ def _table_rows(text, header):
 
 
 def test_quickstart_figures_are_the_results_file():
-    from vss.engine.quickstart import results_table
+    from vss.benchmark.quickstart import results_table
 
     results = json.loads((REPO / "demo" / "quickstart_results.json").read_text())
     assert {"seed", "threads", "torch"} <= results.keys()

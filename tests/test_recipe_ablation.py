@@ -4,7 +4,7 @@ import pytest
 
 from vss.benchmark import recipe_ablation as ablation
 from vss.engine import setup_cfg
-from vss.engine.quickstart import MPVSS, TV3S
+from vss.benchmark.quickstart import MPVSS, TV3S
 
 from conftest import REPO
 

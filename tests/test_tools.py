@@ -20,10 +20,13 @@ from vss.utils.flops import (
     flop_analysis,
     frame_flops,
     frame_plan,
+    interval_cost,
+    mean_cost,
     plan_mismatches,
     video_flops,
     video_frames,
 )
+from vss.utils.model_analysis import analyze
 
 from conftest import REPO, load_script
 
@@ -284,17 +287,27 @@ def test_plan_mismatches_find_frames_that_break_the_shortcut():
     assert plan_mismatches(plan, {0: per_frame[0], 2: per_frame[2]}) == []
 
 
+def test_interval_cost_is_one_key_frame_and_k_minus_1_others():
+    costs = {"propagated": 21.24, "key": 110.56}  # the key kind need not come first
+    assert interval_cost(costs, "key", 5) == pytest.approx((110.56 + 4 * 21.24) / 5)
+    assert interval_cost(costs, "key", 1) == 110.56
+    assert interval_cost(costs, "propagated", 2) == mean_cost(costs, {"key": 1, "propagated": 1})
+    with pytest.raises(ValueError, match="'key' and one other kind of frame, got \\['key'\\]"):
+        interval_cost({"key": 1.0}, "key", 5)
+    with pytest.raises(ValueError, match="'key' and one other kind"):
+        interval_cost({"key": 1.0, "a": 2.0, "b": 3.0}, "key", 5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config, opts", [
     (MPVSS_TINY, ["MODEL.MPVSS.KEY_INTERVAL", "2"]),
     (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1"]),  # one block: a shorter trace, same frame kinds
 ])
 def test_one_frame_of_each_kind_equals_counting_every_frame(config, opts):
-    tool = load_tool("analyze_model")
     cfg = setup_cfg(config, [*opts, "MODEL.DEVICE", "cpu"])
     counts = ("fvcore", "hooks")
-    shortcut = tool.analyze(cfg, 64, 64, counts, intervals=(1, 2, 4))
-    full = tool.analyze(cfg, 64, 64, counts, frames=3, intervals=(1, 2, 4))
+    shortcut = analyze(cfg, 64, 64, counts, intervals=(1, 2, 4))
+    full = analyze(cfg, 64, 64, counts, frames=3, intervals=(1, 2, 4))
     for count in counts:
         each = full[count].pop("gflops_of_each_frame")
         assert full[count].pop("shortcut_mismatches") == []

@@ -43,22 +43,17 @@ import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit 
 
 import torch
 
-from vss.conversion.flownets import GRID_CELL, PREFIX, convert
+from vss.conversion.flownets import GRID_CELL, PREFIX, convert, read_checkpoint
 from vss.engine.cli import add_debug_argument, run_main
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="FlowNetPytorch checkpoint (flownets_EPE1.951.pth.tar)")
     parser.add_argument("output", help="detectron2 checkpoint to write (.pth)")
     args = add_debug_argument(parser).parse_args(argv)
-    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{args.input} is not a FlowNetPytorch checkpoint (a dict with 'state_dict')")
-    arch = checkpoint.get("arch", "flownets")
-    if arch != "flownets":
-        raise ValueError(f"{args.input} holds arch {arch!r}; only 'flownets' (FlowNetS without batch norm) converts")
-    div_flow = float(checkpoint.get("div_flow", 20.0))
-    model = convert(checkpoint["state_dict"], div_flow)
+    state_dict, div_flow = read_checkpoint(args.input)
+    model = convert(state_dict, div_flow)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.save({"model": model}, args.output)
     print(f"wrote {len(model)} tensors ({sum(v.numel() for v in model.values()):,} parameters) under {PREFIX} "

@@ -34,6 +34,7 @@ check that ran passed.
     python tools/gpu_check.py [--report output/gpu_report.json] [--steps N] [--kernels DIR]
 """
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -45,7 +46,6 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
-import contextlib
 
 import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
@@ -54,11 +54,12 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 
+from vss.benchmark import REPO
+from vss.benchmark.speed import benchmark, build
 from vss.data.synthetic import generate
 from vss.engine import Trainer, VideoPredictor, setup_cfg
 from vss.modeling.tv3s import scan
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from vss.utils.flops import video_frames
 TINY = {
     "mask2former": "configs/synthetic/mask2former_tiny.yaml",
     "mpvss": "configs/synthetic/mpvss_query_flow.yaml",
@@ -398,29 +399,20 @@ def val_frames(summary, count):
 
 # ---- 5. speed ----------------------------------------------------------------------------------
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("vss_benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_speed(configs, frames, repeats, height=480, width=853, device="cuda", without_kernels=()):
     """frames/s of each config (name -> path, or (path, overrides)) taking turns on the same
     random video, float32. without_kernels: (name, of) pairs that add the model `of` run with the
     pure-PyTorch scan and conv as `name`."""
-    bench = _benchmark_module()
-    from vss.utils.flops import video_frames
     models = {}
     for name, path in configs.items():
         path, opts = (path, []) if isinstance(path, str) else path
-        models[name] = bench.build(os.path.join(REPO, path), ["MODEL.WEIGHTS", "", *opts], device)
+        models[name] = build(os.path.join(REPO, path), ["MODEL.WEIGHTS", "", *opts], device)
     for name, of in without_kernels:
         models[name] = WithoutKernels(models[of])
     video = video_frames(height, width, frames, fill=None, seed=0)
     for f in video:
         f["image"] = f["image"].to(device)
-    results = bench.benchmark(models, video, warmup=5, repeats=repeats)
+    results = benchmark(models, video, warmup=5, repeats=repeats)
     out = {name: {"fps_mean": float(np.mean(r["fps"])), "fps_runs": r["fps"],
                   "peak_allocated_mib": r["peak_bytes"] / 2**20} for name, r in results.items()}
     out["kernels_usable"] = kernels_usable()

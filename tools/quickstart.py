@@ -26,10 +26,11 @@ import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
+from vss.benchmark import REPO
+from vss.benchmark.quickstart import (COPY, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME, SEED,
+                                      SEGFORMER, TV3S, TV3S_ITERS, config_path, results_table, run_environment)
 from vss.data.synthetic import generate
 from vss.engine import evaluate, train_once, video_gflops
-from vss.engine.quickstart import (COPY, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME, REPO, SEED,
-                                   SEGFORMER, TV3S, TV3S_ITERS, config_path, results_table, run_environment)
 from vss.engine.cli import add_debug_argument, run_main
 
 
@@ -37,8 +38,8 @@ def log(message):
     print(f"[quickstart] {message}")
 
 
-def train(name, path, output_dir, opts):
-    return train_once(name, config_path(path), output_dir, list(opts) + ["SEED", SEED], log=log)
+def train(name, path, output_dir, opts, seed):
+    return train_once(name, config_path(path), output_dir, list(opts) + ["SEED", seed], log=log)
 
 
 def run_eval(name, path, weights, opts=()):
@@ -49,6 +50,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"),
                         help="folder of the models, results, video and plot (`make demo OUT=...`)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"SEED of every training (default {SEED}, the README's table); the data stay the same")
     add_debug_argument(parser)
     args = parser.parse_args()
     setup_logger(name="vss")
@@ -60,12 +63,12 @@ def main():
     print(f"[quickstart] synthetic data: {summary['root']} ({summary['frames']} frames"
           f"{', generated' if summary['generated'] else ', already there'})")
 
-    flownets = train("FlowNetS", FLOWNETS, os.path.join(out, "flownets"), FLOWNETS_SCHEDULE)
-    per_frame = train("Mask2Former", PER_FRAME, os.path.join(out, "mask2former"), [])
+    flownets = train("FlowNetS", FLOWNETS, os.path.join(out, "flownets"), FLOWNETS_SCHEDULE, args.seed)
+    per_frame = train("Mask2Former", PER_FRAME, os.path.join(out, "mask2former"), [], args.seed)
     mpvss = train("MPVSS", MPVSS, os.path.join(out, "mpvss"),
-                  ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets])
-    segformer = train("SegFormer-B0", SEGFORMER, os.path.join(out, "segformer"), [])
-    tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"), ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", TV3S_ITERS])
+                  ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets], args.seed)
+    segformer = train("SegFormer-B0", SEGFORMER, os.path.join(out, "segformer"), [], args.seed)
+    tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"), ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", TV3S_ITERS], args.seed)
 
     rows = [
         {"model": "Mask2Former (per frame)", **run_eval("Mask2Former", PER_FRAME, per_frame)},
@@ -97,7 +100,7 @@ def main():
                     "--flops-label", "tiny MPVSS (query flow), synthetic frames",
                     "--output", os.path.join(out, "tradeoff.png")], check=True)
 
-    results = {**run_environment(), "models": rows, "tradeoff_mIoU": tradeoff}
+    results = {**run_environment(args.seed), "models": rows, "tradeoff_mIoU": tradeoff}
     print("\n" + results_table(results))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -21,9 +21,9 @@ The per-frame models (and FlowNetS) are trained once, with the quickstart's SEED
 every run; a stage whose model_final.pth exists is reused.
 """
 import argparse
-import sys
 import json
 import os
+import sys
 import time
 
 import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
@@ -32,11 +32,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
+from vss.benchmark import REPO
+from vss.benchmark.quickstart import (FLOWNETS, FLOWNETS_SCHEDULE, MPVSS, PER_FRAME, SEED, SEGFORMER, TV3S, TV3S_ITERS,
+                                      config_path)
 from vss.benchmark.recipe_ablation import MPVSS_SWITCHES, TV3S_SWITCHES, summary, with_all
 from vss.data.synthetic import generate
 from vss.engine import evaluate, train_once
-from vss.engine.quickstart import (FLOWNETS, FLOWNETS_SCHEDULE, MPVSS, PER_FRAME, REPO, SEED, SEGFORMER, TV3S,
-                                   TV3S_ITERS, config_path)
 from vss.engine.cli import add_debug_argument, run_main
 
 

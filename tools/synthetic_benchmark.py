@@ -29,20 +29,19 @@ The default budgets take under an hour on 2 idle CPU cores (54 min measured); --
 iterations of each stage on a tiny set (a smoke test of the whole pipeline, not results).
 """
 import argparse
-import sys
 import json
 import os
+import sys
 
 import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit deprecation)
 
 from detectron2.utils.logger import setup_logger
 
+from vss.benchmark import REPO
 from vss.benchmark.synthetic import (BUDGETS, DATA, PARTS, QUICK_BUDGETS, QUICK_DATA, TV3S_SCALE, VARIANT_KEYS,
                                      finite_or_none, run)
 from vss.benchmark.synthetic_report import markdown, plot
 from vss.engine.cli import add_debug_argument, run_main
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):

@@ -5,6 +5,7 @@ semantic-head options that upstream Mask2Former YAMLs carry), the keys of upstre
 Mask2Former's `add_maskformer2_config` with the same names and defaults (so upstream
 YAMLs load unchanged), and this project's video keys.
 """
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
@@ -345,5 +346,5 @@ def add_vss_config(cfg):
     add_mpvss_config(cfg)
     add_flownets_config(cfg)
     add_tv3s_config(cfg)
-    # "auto" (instead of detectron2's "cuda"): CUDA where present, else the CPU (vss.engine.setup).
-    cfg.MODEL.DEVICE = "auto"
+    # the best device present (detectron2's default is "cuda", which fails without CUDA)
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,10 @@ from tqdm import tqdm
 
 from ..engine import load_weights, setup_cfg
 
+
 def build(config_file, opts, device):
+    """The model of `config_file` with `opts` on `device`, in eval mode, with its MODEL.WEIGHTS
+    loaded as every entry point loads them ("" keeps the initialisation)."""
     cfg = setup_cfg(config_file, [*opts, "MODEL.DEVICE", device])
     model = build_model(cfg).eval()
     load_weights(model, cfg, training=False)

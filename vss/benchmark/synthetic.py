@@ -19,10 +19,10 @@ from ..engine import METRICS, Trainer, evaluate, learning_curve, load_cfg, load_
 from ..engine.trainer import EVALUATIONS
 from ..evaluation.flow_diagnostics import flow_diagnostics
 from ..evaluation.scan_resolution import at_scan_resolution
-from ..utils.flops import mean_cost
+from ..utils.flops import interval_cost
+from . import REPO
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
-                       "synthetic")
+CONFIGS = os.path.join(REPO, "configs", "synthetic")
 # the paper's Table 3b names -> (configs/synthetic/mpvss_<name>.yaml, its output folder, options);
 # the last row measures the fusion conv's start: the official (weight 0, bias 1) against one
 # that passes the pretrained pixel flow through
@@ -251,12 +251,11 @@ def final_of(curve):
 def evaluate_mpvss(name, config, weights, common, log):
     """Metrics at each K with GFLOPs/frame, and the per-query flow EPE, of one MPVSS variant."""
     key, propagated = video_gflops(config, weights, common + ["MODEL.MPVSS.KEY_INTERVAL", 2], frames=2)
+    costs = {"key": key, "propagated": propagated}
     result = {"K": {}}
     for k in KEY_INTERVALS:
         metrics = evaluate(f"{name}, K={k}", config, weights, common + ["MODEL.MPVSS.KEY_INTERVAL", k], log=log)
-        # one key frame and K - 1 propagated frames per interval
-        result["K"][k] = {**metrics, "GFLOPs": mean_cost({"key": key, "propagated": propagated},
-                                                        {"key": 1, "propagated": k - 1})}
+        result["K"][k] = {**metrics, "GFLOPs": interval_cost(costs, "key", k)}
     cfg, model = load_model(config, weights, common)
     log(f"{name}: per-query flow EPE against the ground truth")
     result["flow_epe"] = flow_diagnostics(model, cfg, VAL)

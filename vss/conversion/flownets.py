@@ -5,7 +5,9 @@ is its command line): names mapped, and the flow predictions rescaled from FlowN
 import re
 from collections import OrderedDict
 
-__all__ = ["PREFIX", "GRID_CELL", "rename", "convert"]
+import torch
+
+__all__ = ["PREFIX", "GRID_CELL", "read_checkpoint", "rename", "convert"]
 
 PREFIX = "temporal.flow."
 # input pixels per pixel of the finest flow grid (flow2 / conv2's output)
@@ -19,6 +21,17 @@ _RULES = (
     (re.compile(r"predict_flow2\.weight"), r"decoder.predict_flow.conv.weight"),
     (re.compile(r"upsampled_flow([3-6])_to_[2-5]\.weight"), None),
 )
+
+
+def read_checkpoint(path):
+    """(state dict, div_flow) of a FlowNetPytorch `flownets` checkpoint file (flownets_EPE1.951.pth.tar)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a FlowNetPytorch checkpoint (a dict with 'state_dict')")
+    arch = checkpoint.get("arch", "flownets")
+    if arch != "flownets":
+        raise ValueError(f"{path} holds arch {arch!r}; only 'flownets' (FlowNetS without batch norm) converts")
+    return checkpoint["state_dict"], float(checkpoint.get("div_flow", 20.0))
 
 
 def rename(key):

@@ -376,7 +376,8 @@ class ClipMapper(_VideoMapper):
         if indices != wanted and video not in self._clamped_videos:
             self._clamped_videos.add(video)
             order = self.frame_lists[video]
-            logger.warning("video %s (frames %d..%d, %d present): clip frames %s fall outside it or are missing "
+            # debug: clamping is what CLIP_TARGETS "all" means, nothing for a user to act on
+            logger.debug("video %s (frames %d..%d, %d present): clip frames %s fall outside it or are missing "
                            "and are clamped to %s; further clamps in this video are not logged",
                            video, order[0], order[-1], len(order), wanted, indices)
         return record, indices

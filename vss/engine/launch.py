@@ -28,11 +28,11 @@ def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0,
 
     Args:
         device: the config's MODEL.DEVICE (required: the path follows the configured device).
-            "cuda..." or "auto" with CUDA available: detectron2's launch
-            (NCCL, one GPU per process). Otherwise `num_processes_per_machine` CPU processes on
-            gloo; each uses cpu_count / processes threads unless OMP_NUM_THREADS is set.
+            "cuda..." with CUDA available: detectron2's launch (NCCL, one GPU per process).
+            Otherwise `num_processes_per_machine` CPU processes on gloo; each uses
+            cpu_count / processes threads unless OMP_NUM_THREADS is set.
     """
-    if (device == "auto" or torch.device(device).type == "cuda") and torch.cuda.is_available():
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
         return d2_launch(main_func, num_processes_per_machine, num_machines=num_machines,
                          machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
     if num_processes_per_machine < 1 or num_machines < 1:

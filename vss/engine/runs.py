@@ -5,12 +5,14 @@ Each step logs one line through `log` (print by default) so that long runs show 
 import json
 import os
 
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 
+from ..config import add_vss_config
 from ..utils.flops import video_flops
 from .loading import load_weights
-from .setup import setup_cfg
+from .setup import load_cfg, setup_cfg
 from .trainer import EVALUATIONS, Trainer
 
 __all__ = ["METRICS", "metric_names", "train_once", "learning_curve", "load_model", "evaluate", "video_gflops"]
@@ -21,8 +23,15 @@ def metric_names(cfg):
     return ("mIoU", "WIoU", *(f"mVC{n}" for n in cfg.TEST.VSS.VC_WINDOWS))
 
 
-# metric_names of the default TEST.VSS.VC_WINDOWS [8, 16], the columns of the tools' tables
-METRICS = ("mIoU", "WIoU", "mVC8", "mVC16")
+def _default_cfg():
+    cfg = get_cfg()
+    add_vss_config(cfg)
+    return cfg
+
+
+# the metrics of the default config (TEST.VSS.VC_WINDOWS [8, 16]): the columns of the quickstart's
+# and the synthetic benchmark's tables, whose runs keep the default windows
+METRICS = metric_names(_default_cfg())
 
 
 def train_once(name, config_file, output_dir, opts=(), log=print, eval_period=0):
@@ -49,9 +58,16 @@ def train_once(name, config_file, output_dir, opts=(), log=print, eval_period=0)
     return final
 
 
-def learning_curve(output_dir, metrics=METRICS):
+def learning_curve(output_dir, metrics=None):
     """[{"iter": iterations done, metric: value, ...}] of the evaluations during a training run
-    (TEST.EVAL_PERIOD), in order, from its OUTPUT_DIR/evaluations.jsonl (see Trainer)."""
+    (TEST.EVAL_PERIOD), in order, from its OUTPUT_DIR/evaluations.jsonl (see Trainer).
+
+    metrics: default the run's own `metric_names`, from the OUTPUT_DIR/config.yaml train_net.py
+    saves; METRICS for a run without one (`train_once`'s).
+    """
+    if metrics is None:
+        saved = os.path.join(output_dir, "config.yaml")
+        metrics = metric_names(load_cfg(saved)) if os.path.isfile(saved) else METRICS
     curve = []
     with open(os.path.join(output_dir, EVALUATIONS)) as f:
         for line in f:

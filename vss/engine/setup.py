@@ -24,11 +24,9 @@ _warned = set()
 
 
 def resolve_device(device):
-    """The device MODEL.DEVICE names in this process: "auto" is CUDA where present, else the CPU,
-    silently; an explicit "cuda..." without CUDA falls back to the CPU with one warning per process,
-    so that the same YAML runs everywhere."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device MODEL.DEVICE names in this process: an explicit "cuda..." without CUDA falls back
+    to the CPU with one warning per process, so that the same YAML runs everywhere (the default,
+    `add_vss_config`'s, is already the best device present)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         if device not in _warned:
             _warned.add(device)

@@ -12,7 +12,7 @@ published numbers.
 
 Video models cost differently on different frames, but only a few kinds of frames exist, which
 their temporal heads declare (`frame_plan`): tracing one frame of each kind gives the cost of any
-video's frames, and `mean_cost` their mean per frame.
+video's frames, `mean_cost` their mean per frame (`interval_cost` with a key frame every K).
 """
 from collections import Counter
 
@@ -206,6 +206,15 @@ def mean_cost(costs, counts):
     if frames < 1:
         raise ValueError(f"mean_cost: no frames to average over (counts {dict(counts)})")
     return sum(costs[kind] * n for kind, n in counts.items()) / frames
+
+
+def interval_cost(costs, key, k):
+    """The mean cost per frame with a key frame every `k` frames: one frame of kind `key` and
+    k - 1 of the other kind of `costs` (two kinds, e.g. MPVSS's key and propagated frames)."""
+    if key not in costs or len(costs) != 2:
+        raise ValueError(f"interval_cost: expected the costs of {key!r} and one other kind of frame, got {list(costs)}")
+    (other,) = set(costs) - {key}
+    return mean_cost(costs, {key: 1, other: k - 1})
 
 
 def plan_mismatches(plan, per_frame):

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from .flops import mean_cost
+from .flops import interval_cost
 
 # detectron2's logger colours the config dump in log.txt; copypaste lines are plain, but a log
 # passed through a terminal may carry escape codes anywhere
@@ -185,7 +185,7 @@ def parse_flops(spec):
 
 def average_gflops(key, nonkey, k):
     """Mean GFLOPs per frame with one key frame in every K frames."""
-    return mean_cost({"key": key, "nonkey": nonkey}, {"key": 1, "nonkey": k - 1})
+    return interval_cost({"key": key, "nonkey": nonkey}, "key", k)
 
 
 def collect(runs, metric="mIoU", task="sem_seg", dataset=None):

@@ -8,9 +8,9 @@ import os
 import torch
 from tabulate import tabulate
 
-from .runs import METRICS
+from ..engine.runs import METRICS
+from . import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOWNETS = "configs/synthetic/flownets_pretrain.yaml"
 PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
 MPVSS = "configs/synthetic/mpvss_query_flow.yaml"
@@ -30,10 +30,10 @@ def config_path(config):
     return os.path.join(REPO, config)
 
 
-def run_environment():
+def run_environment(seed=SEED):
     """What a seeded run's numbers still depend on: the thread count (the order of float sums)
     and the torch build (its kernels); the machine's BLAS is behind both."""
-    return {"seed": SEED, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"seed": seed, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def results_table(results):
