@@ -66,7 +66,7 @@ def test_tools_exit_2(capsys, monkeypatch, script, args, last_line):
 
 
 def _run(script, *args):
-    """`script` run as a command in this process: (exit status, its stderr's last line, stderr)."""
+    """The exit status of `script` run as a command in this process (its stderr stays in capsys)."""
     sys_argv = sys.argv
     sys.argv = [script, *args]
     try:

@@ -1,4 +1,5 @@
 """VSSEvaluator: confusion-matrix metrics and mVC_n against the VSPW definitions."""
+import logging
 import math
 import os
 import uuid
@@ -505,6 +506,25 @@ def test_an_adaptive_policy_reports_the_key_frames_it_chose(uneven_videos):
     cost = traced_gflops(model)
     assert results["GFLOPs/frame"] == pytest.approx(
         (ran["key frame"] * cost["key frame"] + ran["propagated frame"] * cost["propagated frame"]) / 9)
+
+
+def test_a_kind_fvcore_cannot_trace_leaves_only_gflops_out(uneven_videos, caplog):
+    cfg = compute_cfg(uneven_videos, "mpvss_query_flow.yaml", "MODEL.MPVSS.KEY_INTERVAL", "2")
+    model = build_model(cfg)
+
+    def untraceable(module, inputs):  # as a custom kernel or an op the tracer does not know
+        if torch.jit.is_tracing():
+            raise RuntimeError("unsupported op: custom_flow")
+
+    model.temporal.flow.register_forward_pre_hook(untraceable)  # runs on propagated frames only
+    with caplog.at_level(logging.WARNING, logger="vss.evaluation.compute"):
+        results = Trainer.test(cfg, model)["sem_seg"]
+    assert "GFLOPs/frame" not in results and 0 <= results["mIoU"] <= 100
+    assert results["frames (key frame)"] == 5 and results["frames (propagated frame)"] == 4
+    assert results["key_frame_share"] == 5 / 9
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot count the FLOPs of a propagated frame of VideoSegmentor with fvcore (RuntimeError: unsupported op: "
+        "custom_flow): the results leave GFLOPs/frame out"]
 
 
 def test_a_per_frame_model_runs_one_kind_of_frame(uneven_videos):

@@ -14,8 +14,6 @@ from vss.modeling.tv3s import RMSNorm
 from conftest import REPO, Toy, read_key_list
 
 
-
-
 def by_name(cfg, model):
     """{parameter name: (lr, weight decay)} of our optimizer's groups."""
     groups = {id(g["params"][0]): g for g in param_groups(cfg, model)}

@@ -189,6 +189,16 @@ def test_quickstart_figures_are_the_results_file():
     assert f"({copy} mIoU for Copy at K = 2 / 5 / 10 against {query} for query flow)" in flat
 
 
+def test_quickstart_seed_spread_is_the_results_files():
+    from vss.benchmark.quickstart import seeds_table
+
+    runs = json.loads((REPO / "demo" / "quickstart_seeds.json").read_text())
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    # the README's main table is the SEED 0 run of this file
+    assert runs[0]["models"] == json.loads((REPO / "demo" / "quickstart_results.json").read_text())["models"]
+    assert seeds_table(runs) in (REPO / "README.md").read_text()
+
+
 @pytest.mark.parametrize("model, readme, header", [
     ("MPVSS", "projects/MPVSS/README.md", "| MPVSS, K = 5 |"),
     ("TV3S", "projects/TV3S/README.md", "| TV3S, streamed |"),

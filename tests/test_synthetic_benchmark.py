@@ -7,7 +7,8 @@ from matplotlib.image import imread
 
 from vss.benchmark import synthetic as bench
 from vss.benchmark.synthetic_report import markdown, plot
-from vss.engine import METRICS, evaluate, train_once
+from vss.engine import METRICS, evaluate, learning_curve, train_once
+from vss.engine.trainer import EVALUATIONS
 
 from conftest import REPO, load_script
 
@@ -127,3 +128,18 @@ def test_a_trained_stage_is_not_retrained(tmp_path):
     # the config would fail to train (no such dataset): reuse must not even build it
     assert train_once("X", "no/such/config.yaml", str(tmp_path), log=lines.append) == str(final)
     assert lines == [f"X: using the trained {final}"]
+
+
+def test_learning_curve_reads_the_runs_own_windows(tmp_path):
+    results = {"mIoU": 50.0, "WIoU": 49.0, "mVC4": 90.0, "mVC8": 80.0, "mVC16": 70.0}
+    with open(tmp_path / EVALUATIONS, "w") as f:
+        for done, shift in (5, 0.0), (10, 1.0):
+            f.write(json.dumps({"iter": done, "results": {"sem_seg": {m: v + shift for m, v in results.items()}}})
+                    + "\n")
+    # no saved config (a train_once run): the default windows
+    assert learning_curve(str(tmp_path)) == [
+        {"iter": 5, **{m: results[m] for m in METRICS}}, {"iter": 10, **{m: results[m] + 1 for m in METRICS}}]
+    # train_net.py's saved config with other windows: those
+    (tmp_path / "config.yaml").write_text("TEST:\n  VSS:\n    VC_WINDOWS: [4]\n")
+    assert learning_curve(str(tmp_path)) == [{"iter": 5, "mIoU": 50.0, "WIoU": 49.0, "mVC4": 90.0},
+                                             {"iter": 10, "mIoU": 51.0, "WIoU": 50.0, "mVC4": 91.0}]

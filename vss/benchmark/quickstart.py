@@ -40,3 +40,19 @@ def results_table(results):
     """The Markdown table of a quickstart results file's `models` (as the README shows it)."""
     rows = [[r["model"]] + [r[c] for c in METRICS] for r in results["models"]]
     return tabulate(rows, headers=["model", *METRICS], floatfmt=".1f", tablefmt="github")
+
+
+def seeds_table(runs, metrics=("mIoU", "mVC8")):
+    """The Markdown table of quickstart results files of several seeds (`runs`, a list): per model and
+    metric, each seed's value and the spread (largest minus smallest)."""
+    seeds = " / ".join(str(r["seed"]) for r in runs)
+    names = [m["model"] for m in runs[0]["models"]]
+    rows = []
+    for i, name in enumerate(names):
+        row = [name]
+        for metric in metrics:
+            values = [r["models"][i][metric] for r in runs]
+            row += [" / ".join(f"{v:.1f}" for v in values), f"{max(values) - min(values):.1f}"]
+        rows.append(row)
+    headers = ["model"] + [h for m in metrics for h in (f"{m}, SEED {seeds}", "spread")]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -88,8 +88,10 @@ class Trainer(DefaultTrainer):
     datasets the video loaders and VSSEvaluator. SOLVER.AMP.ENABLED applies on CUDA only."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, step by step, with this project's create_ddp_model (detectron2's
-        # gives DDP device_ids, which it rejects for a CPU model) and checkpointer.
+        # detectron2 0.6's DefaultTrainer.__init__, step by step, with this project's create_ddp_model
+        # (detectron2's gives DDP device_ids, which it rejects for a CPU model) and checkpointer:
+        # DefaultTrainer has no hook for either, so its attributes (_trainer, and _last_eval_results
+        # below, which its train() reads) are set here as its __init__ sets them; recheck on an upgrade.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called for d2
             setup_logger()

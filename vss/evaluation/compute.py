@@ -5,17 +5,22 @@ adaptive key-frame policy decides per video), so a run's cost is known only from
 actually ran. Trainer.test evaluates inside `measuring(model)`; VSSEvaluator then counts the kind
 of every frame the model ran (its temporal head's `frame_kind`, FRAME for a per-frame model)
 and, once per evaluation, traces one frame of each kind with fvcore at the test set's most common
-frame size (vss.utils.flops.kind_flops). `report` turns counts and traced costs into the results:
-the GFLOPs per frame this run spent, so that any two runs compare at equal cost.
+frame size (vss.utils.flops.count_frames). `report` turns counts and traced costs into the results:
+the GFLOPs per frame this run spent, so that any two runs compare at equal cost. A kind fvcore
+cannot trace (a custom kernel, an op it does not know) leaves GFLOPs/frame out, with one warning;
+the counts stay.
 """
 import contextlib
 import contextvars
+import logging
 import weakref
 
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.frame_plan import FRAME
-from ..utils.flops import frame_plan, kind_flops, mean_cost
+from ..utils.flops import count_frames, frame_plan, mean_cost
+
+logger = logging.getLogger(__name__)
 
 _model = contextvars.ContextVar("vss_measured_model", default=None)
 # {model: {(plan summary, sizes): {kind: GFLOPs}}}: a count depends on the model's architecture and
@@ -59,8 +64,8 @@ def report(model, kinds, sizes):
     {(input height, input width, output height, output width): count}, and a sentence for the log.
 
     Entries: "GFLOPs/frame" (fvcore's count of one frame of each kind, at the most common size,
-    weighted by `kinds`), "key_frame_share" (models with key frames) and "frames (<kind>)" for
-    every kind of the model's frame plan.
+    weighted by `kinds`; left out when a kind could not be traced), "key_frame_share"
+    (models with key frames) and "frames (<kind>)" for every kind of the model's frame plan.
     """
     plan = frame_plan(model)
     known = set(plan.frames_of_each_kind())
@@ -71,17 +76,36 @@ def report(model, kinds, sizes):
     traced = _traced.setdefault(model, {})
     key = (plan.summary, height, width, out_height, out_width)
     if key not in traced:
-        traced[key] = {kind: flops[""] / 1e9 for kind, flops in
-                       kind_flops(model, height, width, output_size=(out_height, out_width)).items()}
+        traced[key] = _traced_costs(model, plan, height, width, (out_height, out_width))
     costs = traced[key]
     frames = sum(kinds.values())
-    results = {"GFLOPs/frame": mean_cost(costs, kinds)}
+    results = {}
+    if known <= set(costs):
+        results["GFLOPs/frame"] = mean_cost(costs, kinds)
     if plan.key is not None:
         results["key_frame_share"] = kinds[plan.key] / frames
     results.update({f"frames ({kind})": float(kinds[kind]) for kind in sorted(known)})
-    spent = ", ".join(f"{kinds[kind]} {kind} at {costs[kind]:.3f}" for kind in sorted(known))
     share = "" if plan.key is None else f", key-frame share {results['key_frame_share']:.3f}"
+    if "GFLOPs/frame" not in results:
+        counts = ", ".join(f"{kinds[kind]} {kind}" for kind in sorted(known))
+        return results, f"{frames} frames ({counts}{share}): GFLOPs/frame unknown (a kind could not be traced)"
+    spent = ", ".join(f"{kinds[kind]} {kind} at {costs[kind]:.3f}" for kind in sorted(known))
     sentence = (f"{frames} frames ({spent} GFLOPs each{share}): {results['GFLOPs/frame']:.3f} GFLOPs/frame "
                 f"(fvcore, one frame of each kind traced at {height}x{width}, predictions {out_height}x{out_width}: "
                 f"the size of {100 * at_size / frames:.0f}% of the frames)")
     return results, sentence
+
+
+def _traced_costs(model, plan, height, width, output_size):
+    """{kind: GFLOPs} of one frame of each kind of `plan` that fvcore traces; a kind whose trace
+    fails is left out with one warning (after a whole evaluation, its results matter more)."""
+    costs = {}
+    for kind, index in plan.frames_of_each_kind().items():
+        try:
+            flops = count_frames(model, height, width, [index], output_size=output_size)[index]
+        except Exception as e:  # noqa: BLE001  (whatever the tracer meets: custom kernels, new ops)
+            logger.warning("cannot count the FLOPs of a %s of %s with fvcore (%s: %s): the results leave "
+                           "GFLOPs/frame out", kind, type(model).__name__, type(e).__name__, e)
+            continue
+        costs[kind] = flops[""] / 1e9
+    return costs

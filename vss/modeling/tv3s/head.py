@@ -149,11 +149,13 @@ class ClipState:
         image_size: (H, W) of the video's frames (before padding).
         first: frame_idx of the video's first frame.
         frames: ((frame_idx, (1, 1, C, h, w) Mamba input), ...), oldest first.
+        early: whether the frame was predicted by the per-frame head alone (no clip yet).
     """
 
     image_size: tuple
     first: int
     frames: tuple
+    early: bool = False
 
 
 @TEMPORAL_HEAD_REGISTRY.register()
@@ -323,7 +325,8 @@ class StateSpaceSharing(nn.Module):
             first = frame["frame_idx"] if state is None else state.first
             stored = (() if state is None else state.frames) + ((frame["frame_idx"], x),)
             clip = self._clip(stored, frame["frame_idx"], first)
-            state = ClipState(image_size=size, first=first, frames=self._still_needed(stored, frame["frame_idx"]))
+            state = ClipState(image_size=size, first=first, frames=self._still_needed(stored, frame["frame_idx"]),
+                              early=clip is None)
             if clip is None:  # the release's first frames of a video: the per-frame head alone
                 return self._outputs(model.sem_seg_head.predict(fused), images, [frame], "the per-frame head's "
                                      "class logits")[0], state
@@ -356,7 +359,7 @@ class StateSpaceSharing(nn.Module):
     def frame_kind(self, frame_idx, previous, state):
         if self.inference == "stream":
             return "first frame" if previous is None else "streaming step"
-        return "clip frame" if frame_idx - state.first >= self._first_clip_position() else "early frame"
+        return "early frame" if state.early else "clip frame"
 
     def _first_clip_position(self):
         """The position in its video of the first frame the release's clip test scans a clip for (the
