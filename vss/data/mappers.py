@@ -306,7 +306,7 @@ class ClipMapper(_VideoMapper):
     targets "all": the record is the target. Indices past either end of the video are
     clamped to its first/last frame, and a missing frame (a gap in frame_idx) is replaced
     by the nearest frame further from the target, as the streaming TV3S head picks "the
-    latest frame at or before t + offset" at inference (logged once per video): an
+    latest frame at or before t + offset" at inference (a gap is logged once per video): an
     existing frame is repeated rather than the sample dropped.
 
     targets "full_context" (the TV3S release, O: utils/datasets/custom.py:1954-1963): the
@@ -373,13 +373,15 @@ class ClipMapper(_VideoMapper):
         t = record["frame_idx"]
         indices = clip_frames(t, self.offsets, self.frame_lists[video], reverse)
         wanted = [t + (-o if reverse else o) for o in self.offsets]
-        if indices != wanted and video not in self._clamped_videos:
+        order = self.frame_lists[video]
+        gaps = [w for w in wanted if order[0] <= w <= order[-1] and w not in frames]
+        # Clamping at a video's ends is what CLIP_TARGETS "all" means; a frame missing inside
+        # the video is a gap in the data, worth a line once per video.
+        if gaps and video not in self._clamped_videos:
             self._clamped_videos.add(video)
-            order = self.frame_lists[video]
-            # debug: clamping is what CLIP_TARGETS "all" means, nothing for a user to act on
-            logger.debug("video %s (frames %d..%d, %d present): clip frames %s fall outside it or are missing "
-                           "and are clamped to %s; further clamps in this video are not logged",
-                           video, order[0], order[-1], len(order), wanted, indices)
+            logger.warning("video %s (frames %d..%d, %d present): clip frames %s are missing and are replaced: "
+                           "clip frames %s -> %s; further replacements in this video are not logged",
+                           video, order[0], order[-1], len(order), gaps, wanted, indices)
         return record, indices
 
     def __call__(self, record):
