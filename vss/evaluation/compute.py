@@ -18,7 +18,7 @@ import weakref
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.frame_plan import FRAME
-from ..utils.flops import count_frames, frame_plan, mean_cost
+from ..utils.flops import frame_plan, kind_flops, mean_cost
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def report(model, kinds, sizes):
     traced = _traced.setdefault(model, {})
     key = (plan.summary, height, width, out_height, out_width)
     if key not in traced:
-        traced[key] = _traced_costs(model, plan, height, width, (out_height, out_width))
+        traced[key] = _traced_costs(model, height, width, (out_height, out_width))
     costs = traced[key]
     frames = sum(kinds.values())
     results = {}
@@ -96,16 +96,12 @@ def report(model, kinds, sizes):
     return results, sentence
 
 
-def _traced_costs(model, plan, height, width, output_size):
-    """{kind: GFLOPs} of one frame of each kind of `plan` that fvcore traces; a kind whose trace
+def _traced_costs(model, height, width, output_size):
+    """{kind: GFLOPs} of one frame of each kind of the model's frame plan that fvcore traces; a kind whose trace
     fails is left out with one warning (after a whole evaluation, its results matter more)."""
-    costs = {}
-    for kind, index in plan.frames_of_each_kind().items():
-        try:
-            flops = count_frames(model, height, width, [index], output_size=output_size)[index]
-        except Exception as e:  # noqa: BLE001  (whatever the tracer meets: custom kernels, new ops)
-            logger.warning("cannot count the FLOPs of a %s of %s with fvcore (%s: %s): the results leave "
-                           "GFLOPs/frame out", kind, type(model).__name__, type(e).__name__, e)
-            continue
-        costs[kind] = flops[""] / 1e9
-    return costs
+    def skip(kind, e):
+        logger.warning("cannot count the FLOPs of a %s of %s with fvcore (%s: %s): the results leave "
+                       "GFLOPs/frame out", kind, type(model).__name__, type(e).__name__, e)
+
+    flops = kind_flops(model, height, width, output_size=output_size, on_error=skip)
+    return {kind: counts[""] / 1e9 for kind, counts in flops.items()}

@@ -187,16 +187,25 @@ def frame_plan(model):
     return temporal.frame_plan()
 
 
-def kind_flops(model, height, width, output_size=None, count="fvcore"):
+def kind_flops(model, height, width, output_size=None, count="fvcore", on_error=None):
     """{kind: frame_flops Counter} of one frame of every kind of frame `model` runs (its
     frame_plan's, those of a video's start included), on `height` x `width` frames.
 
     output_size: (height, width) of the predictions, when the model resizes them (the test-time
     resize); default the frames' size.
+    on_error: None raises what a count raises; else on_error(kind, exception) is called and the
+    kind left out. Each kind is counted in a video of its own, so one that the counter cannot
+    trace (custom kernels, new ops) leaves the others' counts as they are.
     """
-    frames = frame_plan(model).frames_of_each_kind()
-    per_frame = count_frames(model, height, width, frames.values(), count, output_size=output_size)
-    return {kind: per_frame[i] for kind, i in frames.items()}
+    out = {}
+    for kind, i in frame_plan(model).frames_of_each_kind().items():
+        try:
+            out[kind] = count_frames(model, height, width, [i], count, output_size=output_size)[i]
+        except Exception as e:  # noqa: BLE001  (whatever the counter meets)
+            if on_error is None:
+                raise
+            on_error(kind, e)
+    return out
 
 
 def mean_cost(costs, counts):
