@@ -12,7 +12,8 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vss.engine import Trainer, check_weights, launch, load_cfg, load_weights, prepare_cfg
+from vss.engine import (Trainer, check_weights, launch, load_cfg, load_weights, prepare_cfg, single_frame_opts,
+                        temporal_contribution)
 from vss.engine.cli import add_debug_argument, run_main
 
 DESCRIPTION = """\
@@ -24,6 +25,7 @@ EPILOG = """\
 examples:
   .venv/bin/python train_net.py --config-file configs/synthetic/mask2former_tiny.yaml
   .venv/bin/python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
+  .venv/bin/python train_net.py --config-file CONFIG --eval-only --temporal-contribution MODEL.WEIGHTS path/to/model.pth
   .venv/bin/python train_net.py --config-file CONFIG --resume
   .venv/bin/python train_net.py --config-file CONFIG --num-gpus 8   # DDP, one process per GPU
   .venv/bin/python train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
@@ -35,6 +37,9 @@ that do not fit) ends with one line and exit status 2; --debug shows its traceba
 def build_parser():
     parser = add_debug_argument(default_argument_parser(epilog=EPILOG))
     parser.description = DESCRIPTION
+    parser.add_argument("--temporal-contribution", action="store_true",
+                        help="with --eval-only: evaluate the video model as configured, then the same weights with "
+                             "its state reset at every frame (TV3S), and log both and their difference")
     return parser
 
 
@@ -50,13 +55,17 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    if args.temporal_contribution:  # before any work: a model without the variant fails here
+        if not args.eval_only:
+            raise ValueError("--temporal-contribution evaluates trained weights: use it with --eval-only")
+        single_frame_opts(cfg)
     # A resumed run reads its own last checkpoint, not MODEL.WEIGHTS.
     if not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
         check_weights(cfg, args.config_file, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_weights(model, cfg, training=False, resume=args.resume)
-        return Trainer.test(cfg, model)
+        return (temporal_contribution if args.temporal_contribution else Trainer.test)(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

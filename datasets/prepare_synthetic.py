@@ -1,14 +1,19 @@
-"""Generate the synthetic video dataset (registered as synthetic_vss_{train,val}, and with video
-effects as synthetic_vss_fx_{train,val}).
+"""Generate the synthetic video dataset (registered as synthetic_vss_{train,val}, with video effects
+as synthetic_vss_fx_{train,val}, and the context task as synthetic_vss_ctx_{train,val}).
 
     .venv/bin/python datasets/prepare_synthetic.py                      # ./datasets/synthetic_vss, seconds
     .venv/bin/python datasets/prepare_synthetic.py --effects effects    # ./datasets/synthetic_vss_fx
+    .venv/bin/python datasets/prepare_synthetic.py --context 3          # ./datasets/synthetic_vss_ctx
     .venv/bin/python datasets/prepare_synthetic.py --frames 40 --height 240 --width 320 --overwrite
     .venv/bin/python datasets/prepare_synthetic.py --effects effects --motion-blur 0 --noise 20 --root /tmp/noisy
 
-The default root is `$DETECTRON2_DATASETS/synthetic_vss` for the clean set and
-`$DETECTRON2_DATASETS/synthetic_vss_fx` for any set with effects, where the registered
-datasets look. Rerunning with the same options does nothing; other options need --overwrite.
+The default root is `$DETECTRON2_DATASETS/synthetic_vss` for the clean set,
+`$DETECTRON2_DATASETS/synthetic_vss_fx` for any set with effects and
+`$DETECTRON2_DATASETS/synthetic_vss_ctx` for the context task, where the registered datasets look.
+The context task (--context P) makes every object a disc of one size and motion for all classes
+that shows its class colour in one frame of every P, a look shared by all classes in the others;
+context/<frame>.png marks the pixels whose class only an earlier frame showed (vss/data/synthetic.py).
+Rerunning with the same options does nothing; other options need --overwrite.
 Effect strengths start from the preset and each option given replaces one (see
 vss/data/video_effects.py for what each does).
 """
@@ -30,6 +35,9 @@ EFFECT_OPTIONS = {
     "flicker": (float, "illumination change per frame, relative"),
     "noise": (float, "largest extra sensor noise standard deviation, 0..255 units"),
     "jpeg_quality": (int, "lowest JPEG quality drawn (92 = no extra compression)"),
+    "object_size": (float, "factor on the moving objects' sizes"),
+    "flap": (float, "factor on the rate of the birds' wing beats and wobble"),
+    "haze": (float, "strongest veil over patches of a frame, drawn anew each frame, 0..1"),
 }
 
 
@@ -48,7 +56,9 @@ def main(argv=None):
                         help="preset of video effects (default clean)")
     for name, (kind, text) in EFFECT_OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind,
-                            help=f"{text} (clean {CLEAN[name]:g}, effects {PRESETS['effects'][name]:g})")
+                            help=f"{text} (" + ", ".join(f"{p} {PRESETS[p][name]:g}" for p in PRESETS) + ")")
+    parser.add_argument("--context", type=int, default=0, metavar="P",
+                        help="the context task: classes shown in one frame of every P >= 2 (default 0: off)")
     parser.add_argument("--flow-files", action="store_true",
                         help="also write flow/<t>.flo (Middlebury) and flow_valid/<t>.png: the backward flow "
                              "of each frame t > 0 to frame t - 1")
@@ -58,11 +68,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         effects = resolve_effects(args.effects, **{name: getattr(args, name) for name in EFFECT_OPTIONS})
-        dirname = SYNTHETIC_DIRNAMES["synthetic_vss" if effects == CLEAN else "synthetic_vss_fx"]
+        prefix = "synthetic_vss_ctx" if args.context else "synthetic_vss" if effects == CLEAN else "synthetic_vss_fx"
+        dirname = SYNTHETIC_DIRNAMES[prefix]
         summary = generate(args.root or os.path.join(datasets, dirname), train_videos=args.train_videos,
                            val_videos=args.val_videos, frames=args.frames, height=args.height,
                            width=args.width, seed=args.seed, effects=effects, flow_files=args.flow_files,
-                           overwrite=args.overwrite)
+                           context=args.context, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
         sys.exit(f"prepare_synthetic: {e}")
     videos = {split: len(ids) for split, ids in summary["videos"].items()}

@@ -48,6 +48,17 @@ def load_script(path):
     return module
 
 
+def tiny_opts(root, out):
+    """The synthetic videos at `root` as train and test sets, and a 2-step CPU schedule into `out`."""
+    name = f"loading_{out.parent.name}"
+    return ["DATASETS.FOLDERS", str([[f"{name}_train", str(root), "train"], [f"{name}_val", str(root), "val"]]),
+            "DATASETS.TRAIN", f"('{name}_train',)", "DATASETS.TEST", f"('{name}_val',)", "MODEL.DEVICE", "cpu",
+            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(32,32)", "INPUT.MIN_SIZE_TEST", "32",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0",
+            "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64", "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
+            "OUTPUT_DIR", str(out)]
+
+
 class Toy(torch.nn.Module):
     """A tiny model with a backbone (conv, GroupNorm), a head, an embedding and a frozen layer:
     one parameter of each kind the optimizer's rules tell apart."""

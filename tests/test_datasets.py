@@ -216,6 +216,8 @@ def builtins_under(tmp_path):
                             "{root}/synthetic_vss`"),
     ("synthetic_vss_fx_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --effects effects "
                              "--root {root}/synthetic_vss_fx`"),
+    ("synthetic_vss_ctx_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --context 3 "
+                              "--root {root}/synthetic_vss_ctx`"),
     ("cityscapes_video_val", "download leftImg8bit_sequence_trainvaltest.zip and gtFine_trainvaltest.zip from "
                              "the Cityscapes site, unzip both into {root}/cityscapes"),
 ])

@@ -203,6 +203,22 @@ def test_quickstart_seed_spread_is_the_results_files():
                    for r in runs for k in ("K=2", "K=5", "K=10"))
 
 
+def test_seed_spread_matches_models_by_name():
+    from vss.benchmark.quickstart import seeds_table
+
+    def run(seed, *models):
+        return {"seed": seed, "models": [{"model": name, "mIoU": miou, "mVC8": mvc8} for name, miou, mvc8 in models]}
+
+    # seed 1 ran an older quickstart (no reset row) and listed the models in another order
+    runs = [run(0, ("A", 80.0, 97.0), ("TV3S (streaming)", 70.4, 94.4), ("TV3S (reset per frame)", 70.0, 94.5)),
+            run(1, ("TV3S (streaming)", 69.9, 94.3), ("A", 81.0, 96.0)),
+            run(2, ("A", 79.0, 96.5), ("TV3S (streaming)", 68.9, 93.8), ("TV3S (reset per frame)", 69.2, 93.5))]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in seeds_table(runs).splitlines()[2:]]
+    assert rows == [["A", "80.0 / 81.0 / 79.0", "2.0", "97.0 / 96.0 / 96.5", "1.0"],
+                    ["TV3S (streaming)", "70.4 / 69.9 / 68.9", "1.5", "94.4 / 94.3 / 93.8", "0.6"],
+                    ["TV3S (reset per frame)", "70.0 / - / 69.2", "0.8", "94.5 / - / 93.5", "1.0"]]
+
+
 @pytest.mark.parametrize("model, readme, header", [
     ("MPVSS", "projects/MPVSS/README.md", "| MPVSS, K = 5 |"),
     ("TV3S", "projects/TV3S/README.md", "| TV3S, streamed |"),
@@ -263,3 +279,20 @@ def test_tv3s_benchmark_table_is_the_benchmark_results():
     assert len(rows) >= len(runs)
     for row, run in zip(rows, runs):
         assert row[1:] == [f"{run[m]:.1f}" for m in ("mIoU", "WIoU", "mVC8", "mVC16")], row[0]
+
+
+# README tables of the TV3S part on several seeds -> the results files they render, seed by seed
+TV3S_SEED_TABLES = [("README.md", {0: "context_tv3s_seed0.json", 1: "context_tv3s_seed1.json"}),
+                    ("projects/TV3S/README.md", {0: "context_tv3s_seed0.json", 1: "context_tv3s_seed1.json"}),
+                    ("README.md", {1: "synthetic_benchmark_vspw_seed1_tv3s.json",
+                                   2: "synthetic_benchmark_vspw_seed2_tv3s.json"}),
+                    ("projects/TV3S/README.md", {1: "synthetic_benchmark_vspw_seed1_tv3s.json",
+                                                 2: "synthetic_benchmark_vspw_seed2_tv3s.json"})]
+
+
+@pytest.mark.parametrize("readme, files", TV3S_SEED_TABLES)
+def test_tv3s_seed_tables_are_the_results_files(readme, files):
+    from vss.benchmark.synthetic_report import tv3s_seeds_table
+
+    runs = {seed: json.loads((REPO / "projects" / "results" / name).read_text()) for seed, name in files.items()}
+    assert tv3s_seeds_table(runs) in (REPO / readme).read_text()

@@ -6,7 +6,7 @@ import pytest
 from matplotlib.image import imread
 
 from vss.benchmark import synthetic as bench
-from vss.benchmark.synthetic_report import markdown, plot
+from vss.benchmark.synthetic_report import markdown, plot, tv3s_markdown
 from vss.engine import METRICS, evaluate, learning_curve, train_once
 from vss.engine.trainer import EVALUATIONS
 
@@ -38,7 +38,9 @@ def test_options_and_defaults(tmp_path):
         "Query-based flow, pass-through fusion start"]
     with pytest.raises(SystemExit):
         cli.parse_args(["--variants", "flow"])
-    assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark.json")
+    assert args.data == "vspw"
+    assert args.json == str(REPO / "projects" / "results" / "synthetic_benchmark_vspw_seed0.json")
+    assert cli.parse_args(["--data", "context", "--seed", "2"]).json.endswith("synthetic_benchmark_context_seed2.json")
     args = cli.parse_args(["--quick", "--output", str(tmp_path), "--tv3s-iters", "7", "--frames", "17"])
     assert args.iters == {**bench.QUICK_BUDGETS, "tv3s": 7}
     assert args.set == {**bench.QUICK_DATA, "frames": 17}
@@ -58,7 +60,7 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
             "--height", "48", "--width", "64"]
     cli.main(argv)
     log = capsys.readouterr().out
-    assert "[benchmark" in log and "tv3s clip eval: done" in log
+    assert "[benchmark" in log and "tv3s clip eval: done" in log and "tv3s reset eval: done" in log
     res = json.loads((out / "synthetic_benchmark.json").read_text())
     assert res["dataset"] == {"train_videos": 1, "val_videos": 1, "frames": 17, "height": 48, "width": 64}
     assert list(res["mpvss"]) == list(bench.VARIANTS)
@@ -76,7 +78,7 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         gflops = [result["K"][k]["GFLOPs"] for k in ("2", "5", "10")]
         assert gflops[0] > gflops[1] > gflops[2] > 0
         assert gflops[0] < res["mask2former"]["GFLOPs"]
-    assert set(res["tv3s"]) == {"stream", "clip"}
+    assert set(res["tv3s"]) == {"stream", "clip", "reset per frame"}
     # TV3S's set: the same videos at twice the frame size
     assert res["tv3s_dataset"] == {"height": 96, "width": 128}
     assert set(res["segformer"]) == {"full resolution", "scan resolution", "fine-tuned as TV3S"}
@@ -110,6 +112,7 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
             assert isinstance(value, (int, float)), path
     table = (out / "synthetic_benchmark.md").read_text()
     assert "| Query-based flow" in table and "| TV3S (stream)" in table and "mIoU, true flow" in table
+    assert "| TV3S (reset per frame)" in table and "Temporal contribution (TV3S streamed minus" in table
     assert imread(out / "synthetic_benchmark.png").shape[-1] in (3, 4)
     # --only: the table and plot of one part
     for part, keys in (("mpvss", ("tv3s_dataset", "segformer", "tv3s")),
@@ -119,6 +122,37 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         assert ("## MPVSS" in table) == (part == "mpvss") and ("## TV3S" in table) == (part == "tv3s")
         plot(one, tmp_path / f"{part}.png")
         assert imread(tmp_path / f"{part}.png").shape[-1] in (3, 4)
+
+
+def test_tv3s_table_shows_the_temporal_contribution():
+    def scores(miou, mvc8):
+        return {"mIoU": miou, "WIoU": miou + 10, "mVC8": mvc8, "mVC16": mvc8 - 1}
+
+    curve = [{"iter": 4, **scores(70.4, 94.39)}]
+    res = {"tv3s_dataset": {"height": 240, "width": 320},
+           "segformer": {"full resolution": scores(80.0, 95.0), "scan resolution": scores(75.0, 95.5),
+                         "fine-tuned as TV3S": {**scores(79.0, 95.2), "curve": curve}},
+           "tv3s": {"stream": {**scores(70.4, 94.39), "curve": curve}, "clip": scores(69.0, 93.0),
+                    "reset per frame": scores(70.0, 94.52)}}
+    lines = tv3s_markdown(res)
+    table = next(line for line in lines if line.startswith("| model"))
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in row.strip("|").split("|")]
+                                              for row in table.splitlines()[2:])}
+    assert rows["TV3S (reset per frame)"] == ["70.0", "80.0", "94.5", "93.5"]
+    assert "Temporal contribution (TV3S streamed minus the same weights with the state reset at every frame): " \
+           "+0.4 mIoU, -0.1 mVC8." in lines
+    # on the context task the context pixels' metrics get their own columns and differences
+    for r in (res["segformer"]["full resolution"], res["tv3s"]["stream"], res["tv3s"]["reset per frame"]):
+        r.update({"mIoU (context)": r["mIoU"] / 2, "pACC (context)": r["mIoU"] - 20})
+    lines = tv3s_markdown(res)
+    table = next(line for line in lines if line.startswith("| model"))
+    assert [c.strip() for c in table.splitlines()[0].split("|")[-3:-1]] == ["mIoU (context)", "pACC (context)"]
+    assert any(line.startswith("| SegFormer-B0 at TV3S's scan resolution") and line.rstrip("| ").endswith("-")
+               for line in table.splitlines())
+    assert any(line.endswith("+0.2 mIoU (context), +0.4 pACC (context).") for line in lines)
+    # results written before the reset row have no such line
+    del res["tv3s"]["reset per frame"]
+    assert not any("Temporal contribution" in line for line in tv3s_markdown(res))
 
 
 def test_a_trained_stage_is_not_retrained(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from vss.data.synthetic import _exposed, generate, render_video
+from vss.data.synthetic import _Motion, _Object, _exposed, generate, render_video
 from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
 
 from conftest import REPO, load_script
@@ -28,7 +28,7 @@ def test_presets_and_overrides():
 
 
 def test_bad_effects_name_the_key_and_range():
-    with pytest.raises(ValueError, match=r"unknown preset 'rainy'; choose one of \['clean', 'effects'\]"):
+    with pytest.raises(ValueError, match=r"unknown preset 'rainy'; choose one of \['clean', 'effects', 'vspw'\]"):
         resolve_effects("rainy")
     with pytest.raises(ValueError, match=r"unknown effect\(s\) \['blur'\]"):
         resolve_effects("clean", blur=1)
@@ -156,3 +156,38 @@ def test_an_older_generation_is_replaced(tmp_path):
     (root / "data" / "val_0000" / "motion.json").unlink()
     summary = generate(str(root), train_videos=1, val_videos=1, frames=2, height=32, width=32)
     assert summary["generated"] and (root / "data" / "val_0000" / "motion.json").is_file()
+
+
+def test_haze_veils_patches_that_move_every_frame():
+    clean, hazy = render(10), render(10, haze=1.0)
+    for key in ("labels", "layers", "positions"):
+        np.testing.assert_array_equal(hazy[key], clean[key], err_msg=key)
+    veiled = np.abs(hazy["images"].astype(float) - clean["images"]).mean(-1) > 40
+    # patches, not the whole frame, and other patches in every frame
+    assert 0.05 < veiled.mean() < 0.5
+    overlap = (veiled[1:] & veiled[:-1]).sum() / veiled[1:].sum()
+    assert overlap < 0.6
+    # where fully veiled, every class looks alike: the veil's gray
+    fully = np.abs(hazy["images"].astype(float) - 150).max(-1) < 60
+    labels = clean["labels"][fully & veiled]
+    assert len(np.unique(labels)) >= 4
+    assert abs(hazy["images"][fully & veiled].mean() - 150) < 10
+
+
+def test_object_size_and_flap_change_the_objects_only():
+    base, big = render(11), render(11, object_size=2.0)
+    np.testing.assert_array_equal(big["pan"], base["pan"])
+    objects = lambda out: (out["layers"] > 0).mean()  # noqa: E731
+    assert 2.5 < objects(big) / objects(base) < 4.5
+    # sizes do not change speeds (bigger objects only bounce earlier)
+    step = lambda out: np.abs(np.diff(out["positions"][1:, :, 0], axis=1)).mean()  # noqa: E731
+    assert abs(step(big) / step(base) - 1) < 0.25
+    # slower wing beats: a bird's shape changes less from frame to frame
+    def shape_change(flap):
+        bird = _Object(np.random.default_rng(12), "bird", 20, 120, 160, _Motion(1.0, 0.0, None, flap))
+        masks = np.stack([bird.mask(t) for t in range(20)])
+        return (masks[1:] != masks[:-1]).mean()
+
+    assert 0 < shape_change(0.1) < shape_change(1.0) / 4
+    with pytest.raises(ValueError, match=r"object_size must be a number in \[0.25, 2.5\], got 3"):
+        resolve_effects("clean", object_size=3)

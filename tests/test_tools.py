@@ -249,6 +249,8 @@ def test_frame_plans_name_the_kinds_of_frames():
     assert [plan.same_as(i) for i in range(4)] == [None, 1, 1, 1]
     clip = frame_plan(_tiny(TV3S_TINY, "MODEL.TV3S.INFERENCE", "clip")[0])  # offsets [-3, -2, -1, 0]
     assert clip.kinds == {3: "clip frame"} and [clip.same_as(i) for i in range(5)] == [None, None, None, 3, 3]
+    reset = frame_plan(_tiny(TV3S_TINY, "MODEL.TV3S.INFERENCE", "frame")[0])
+    assert reset.kinds == {0: "frame"} and reset.start_kinds == {} and [reset.same_as(i) for i in range(3)] == [0, 0, 0]
 
     class Other(nn.Module):
         temporal = nn.Identity()
@@ -263,6 +265,7 @@ def test_frame_plans_name_the_kinds_of_frames():
     (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1"], ["first frame"] + ["streaming step"] * 5),
     (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1", "MODEL.TV3S.INFERENCE", "clip"],  # offsets [-3, -2, -1, 0]
      ["early frame"] * 3 + ["clip frame"] * 3),
+    (TV3S_TINY, ["MODEL.TV3S.NUM_BLOCKS", "1", "MODEL.TV3S.INFERENCE", "frame"], ["frame"] * 6),
 ])
 def test_heads_name_the_kind_of_each_frame_they_ran_as_their_plan_says(config, opts, expected):
     model = _tiny(config, *opts)[0].eval()

@@ -350,6 +350,19 @@ def test_clip_mode_predicts_each_frame_from_a_fresh_clip():
     assert kept == [2, 3, 4, 5, 6]  # bounded: what the next frames' clips can still use
 
 
+def test_frame_mode_predicts_each_frame_as_a_video_of_its_own():
+    frames = video("a", 4, 0)
+    streamed = stream(tiny_model(), frames)
+    model = tiny_model(inference="frame")
+    reset = stream(model, frames)
+    alone = [stream(tiny_model(), [dict(f, video_id=f"alone {t}", frame_idx=0)])[0] for t, f in enumerate(frames)]
+    for t in range(4):
+        assert (reset[t] - alone[t]).abs().max() <= 1e-6, t
+    assert torch.equal(reset[0], streamed[0])  # a video's first frame starts from a fresh state anyway
+    assert all((reset[t] - streamed[t]).abs().max() > 1e-3 for t in (1, 2, 3))  # the states carried something
+    assert model.states.get("a", 4) is None  # nothing carried to the next frame
+
+
 def test_frames_of_a_video_must_keep_one_size():
     model = tiny_model()
     frames = video("a", 1, 0) + [dict(video("a", 2, 0, size=(64, 64))[1])]

@@ -9,20 +9,9 @@ from detectron2.modeling import build_model
 from vss.data.synthetic import generate
 from vss.engine import Trainer, VideoPredictor, load_model, load_weights, setup_cfg
 
-from conftest import REPO, load_script
+from conftest import REPO, load_script, tiny_opts
 
 SYNTHETIC = REPO / "configs" / "synthetic"
-
-
-def tiny_opts(root, out):
-    """The synthetic videos at `root` as train and test sets, and a 2-step CPU schedule into `out`."""
-    name = f"loading_{out.parent.name}"
-    return ["DATASETS.FOLDERS", str([[f"{name}_train", str(root), "train"], [f"{name}_val", str(root), "val"]]),
-            "DATASETS.TRAIN", f"('{name}_train',)", "DATASETS.TEST", f"('{name}_val',)", "MODEL.DEVICE", "cpu",
-            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(32,32)", "INPUT.MIN_SIZE_TEST", "32",
-            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0",
-            "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64", "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
-            "OUTPUT_DIR", str(out)]
 
 
 def random_flow_file(model, path, seed):

@@ -7,7 +7,8 @@
    MPVSS (query-based flow) fine-tuned from it with the pretrained motion weights; a per-frame
    SegFormer-B0, then TV3S fine-tuned from it. A model whose `model_final.pth` exists is not
    retrained (delete output/quickstart to start over);
-3. evaluates the four segmentation models on synthetic_vss_val with the VSS evaluator and
+3. evaluates the four segmentation models on synthetic_vss_val with the VSS evaluator, and TV3S's
+   weights once more with its state reset at every frame (what its carried states add), and
    prints one table (mIoU, WIoU, mVC8, mVC16); OUTPUT/results.json holds it with the seed, the
    thread count and the torch version (demo/quickstart_results.json is the README's copy). The
    full protocol, with the ablations and longer schedules, is tools/synthetic_benchmark.py;
@@ -30,7 +31,7 @@ from vss.benchmark import REPO
 from vss.benchmark.quickstart import (COPY, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME, SEED,
                                       SEGFORMER, TV3S, TV3S_ITERS, config_path, results_table, run_environment)
 from vss.data.synthetic import generate
-from vss.engine import evaluate, train_once, video_gflops
+from vss.engine import evaluate, load_cfg, single_frame_opts, train_once, video_gflops
 from vss.engine.cli import add_debug_argument, run_main
 
 
@@ -75,6 +76,8 @@ def main():
         {"model": "MPVSS (query flow, K=5)", **run_eval("MPVSS", MPVSS, mpvss)},
         {"model": "SegFormer-B0 (per frame)", **run_eval("SegFormer-B0", SEGFORMER, segformer)},
         {"model": "TV3S (streaming)", **run_eval("TV3S", TV3S, tv3s)},
+        {"model": "TV3S (reset per frame)", **run_eval("TV3S, reset per frame", TV3S, tv3s,
+                                                       single_frame_opts(load_cfg(config_path(TV3S))))},
     ]
 
     video = os.path.join(summary["root"], "data", summary["videos"]["val"][0], "origin", "*.jpg")

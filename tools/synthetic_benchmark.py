@@ -19,10 +19,11 @@ output folder is not retrained (delete the folder, or use another --output, to s
    (vss/evaluation/scan_resolution.py), then fine-tunes TV3S from it
    (configs/synthetic/tv3s_finetune.yaml) and, as the control, the SegFormer itself with the
    same rates and iterations, both evaluated every few iterations (learning curves); TV3S is
-   evaluated streamed frame by frame and as clips.
+   evaluated streamed frame by frame, as clips, and with its state reset at every frame (the
+   temporal contribution: streamed minus reset).
 
-Writes every number to a JSON (default projects/results/synthetic_benchmark.json; with
---quick OUTPUT/synthetic_benchmark.json, so a smoke test never replaces reported numbers),
+Writes every number to a JSON (default projects/results/synthetic_benchmark_<data>_seed<seed>.json;
+with --quick OUTPUT/synthetic_benchmark.json, so a smoke test never replaces reported numbers),
 a Markdown table and a plot beside it (same name, .md and .png).
 
 The default budgets take under an hour on 2 idle CPU cores (54 min measured); --quick runs a few
@@ -38,16 +39,17 @@ import vss  # noqa: F401  (first: its warnings filter quiets fvcore's torch.jit 
 from detectron2.utils.logger import setup_logger
 
 from vss.benchmark import REPO
-from vss.benchmark.synthetic import (BUDGETS, DATA, PARTS, QUICK_BUDGETS, QUICK_DATA, TV3S_SCALE, VARIANT_KEYS,
-                                     finite_or_none, run)
+from vss.benchmark.synthetic import (BUDGETS, DATA, DATA_SETS, PARTS, QUICK_BUDGETS, QUICK_DATA, TV3S_SCALE,
+                                     VARIANT_KEYS, finite_or_none, run)
 from vss.benchmark.synthetic_report import markdown, plot
 from vss.engine.cli import add_debug_argument, run_main
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=("clean", "effects"), default="clean",
-                        help="the synthetic set: clean, or with the video effects preset")
+    parser.add_argument("--data", choices=list(DATA_SETS), default="vspw",
+                        help="the synthetic set: calibrated to VSPW (the vspw preset, default), clean, with the "
+                             "video effects preset, or the context task (classes shown in one frame of every 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set and of training")
     parser.add_argument("--quick", action="store_true", help="tiny set and budgets: a smoke test")
     for stage in BUDGETS:
@@ -68,7 +70,7 @@ def parse_args(argv=None):
                         help="folder of the data and the checkpoints, reused when they exist "
                              "(default output/synthetic_benchmark in the repository)")
     parser.add_argument("--json", default=None,
-                        help="results file (default projects/results/synthetic_benchmark.json, "
+                        help="results file (default projects/results/synthetic_benchmark_<data>_seed<seed>.json, "
                              "--quick OUTPUT/synthetic_benchmark.json); .md and .png beside it")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -78,8 +80,8 @@ def parse_args(argv=None):
     args.variants = [name for key, name in VARIANT_KEYS.items() if args.variants is None or key in args.variants]
     args.set = {k: getattr(args, k) or data[k] for k in DATA}
     if args.json is None:
-        args.json = os.path.join(args.output if args.quick else os.path.join(REPO, "projects", "results"),
-                                 "synthetic_benchmark.json")
+        args.json = (os.path.join(args.output, "synthetic_benchmark.json") if args.quick else
+                     os.path.join(REPO, "projects", "results", f"synthetic_benchmark_{args.data}_seed{args.seed}.json"))
     return args
 
 

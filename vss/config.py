@@ -331,7 +331,8 @@ def add_tv3s_config(cfg):
     cfg.MODEL.TV3S.TEMPORAL_LOSS_FRAMES = "last"
     # "stream": one frame at a time with carried scan states; "clip": the release's test, each frame
     # from a fresh clip of itself and the frames at INPUT.VIDEO.CLIP_OFFSETS before it, a video's
-    # first frames as the release does them (vss.modeling.tv3s.clips.release_test_clip).
+    # first frames as the release does them (vss.modeling.tv3s.clips.release_test_clip); "frame": the
+    # paper's single-frame protocol, every frame a streaming step from a fresh state (a video of its own).
     cfg.MODEL.TV3S.INFERENCE = "stream"
 
 

@@ -44,15 +44,20 @@ def results_table(results):
 
 def seeds_table(runs, metrics=("mIoU", "mVC8")):
     """The Markdown table of quickstart results files of several seeds (`runs`, a list): per model and
-    metric, each seed's value and the spread (largest minus smallest)."""
+    metric, each seed's value and the spread (largest minus smallest). Models are matched by name, in
+    the order they first appear; a seed whose file lacks a model (a run of an older quickstart) shows
+    "-", and the spread is over the seeds that have it."""
     seeds = " / ".join(str(r["seed"]) for r in runs)
-    names = [m["model"] for m in runs[0]["models"]]
+    by_name = [{m["model"]: m for m in r["models"]} for r in runs]
+    names = list(dict.fromkeys(name for models in by_name for name in models))
     rows = []
-    for i, name in enumerate(names):
+    for name in names:
         row = [name]
         for metric in metrics:
-            values = [r["models"][i][metric] for r in runs]
-            row += [" / ".join(f"{v:.1f}" for v in values), f"{max(values) - min(values):.1f}"]
+            values = [models[name][metric] if name in models else None for models in by_name]
+            present = [v for v in values if v is not None]
+            row += [" / ".join("-" if v is None else f"{v:.1f}" for v in values),
+                    f"{max(present) - min(present):.1f}"]
         rows.append(row)
     headers = ["model"] + [h for m in metrics for h in (f"{m}, SEED {seeds}", "spread")]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -15,7 +15,9 @@ from detectron2.data import DatasetCatalog
 from ..data.datasets import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, register_flow_pairs, register_vspw_layout
 from ..data.datasets.flow_pairs import MAX_GAP
 from ..data.synthetic import generate
-from ..engine import METRICS, Trainer, evaluate, learning_curve, load_cfg, load_model, train_once, video_gflops
+from ..engine import (Trainer, evaluate, learning_curve, load_cfg, load_model, single_frame_opts, train_once,
+                      video_gflops)
+from ..engine.temporal_contribution import RESET
 from ..engine.trainer import EVALUATIONS
 from ..evaluation.flow_diagnostics import flow_diagnostics
 from ..evaluation.scan_resolution import at_scan_resolution
@@ -59,6 +61,10 @@ QUICK_DATA = {"train_videos": 2, "val_videos": 2, "frames": 18, "height": 64, "w
 # the comparison would measure resolution, not temporal modelling. The generator scales the
 # content with the frame; training crops keep their size, so training costs the same.
 TV3S_SCALE = 2
+# --data: the generator's options of each set: the video effects preset (vss.data.video_effects)
+# and the context task's period (vss.data.synthetic; 0: none)
+DATA_SETS = {"clean": {"effects": "clean", "context": 0}, "effects": {"effects": "effects", "context": 0},
+             "vspw": {"effects": "vspw", "context": 0}, "context": {"effects": "clean", "context": 3}}
 TRAIN, VAL = "synthetic_benchmark_train", "synthetic_benchmark_val"
 TV3S_TRAIN, TV3S_VAL = "synthetic_benchmark_tv3s_train", "synthetic_benchmark_tv3s_val"
 FLOW_TRAIN, FLOW_VAL = "synthetic_benchmark_flow_train", "synthetic_benchmark_flow_val"
@@ -146,7 +152,7 @@ def run_mpvss(args, out, settings, progress):
     """The set, FlowNetS, the per-frame Mask2Former and the MPVSS variants: their results by key."""
     log = progress.log
     summary = progress.stage("data", lambda: generate(
-        os.path.join(out, "data"), **args.set, seed=args.seed, effects=args.data))
+        os.path.join(out, "data"), **args.set, seed=args.seed, **DATA_SETS[args.data]))
     log(f"data: {summary['root']} ({summary['frames']} frames, "
         f"{'generated' if summary['generated'] else 'already there'})")
     register(summary["root"])
@@ -205,7 +211,7 @@ def run_tv3s(args, out, settings, progress):
     log = progress.log
     size = {**args.set, "height": args.set["height"] * args.tv3s_scale, "width": args.set["width"] * args.tv3s_scale}
     summary = progress.stage("tv3s data", lambda: generate(
-        os.path.join(out, "tv3s_data"), **size, seed=args.seed, effects=args.data))
+        os.path.join(out, "tv3s_data"), **size, seed=args.seed, **DATA_SETS[args.data]))
     log(f"tv3s data: {summary['root']} ({size['height']}x{size['width']}, "
         f"{'generated' if summary['generated'] else 'already there'})")
     register(summary["root"], TV3S_TRAIN, TV3S_VAL, flow_pairs=False)
@@ -239,13 +245,16 @@ def run_tv3s(args, out, settings, progress):
     stream = final_of(learning_curve(os.path.join(out, "tv3s")))
     clip = progress.stage("tv3s clip eval", lambda: evaluate(
         "TV3S (clip)", tv3s_cfg, tv3s, common + ["MODEL.TV3S.INFERENCE", "clip"], log=log))
-    results = {"stream": stream, "clip": clip}
+    # the same weights without time: what the carried states add (the paper's single-frame protocol)
+    reset = progress.stage("tv3s reset eval", lambda: evaluate(
+        f"TV3S ({RESET})", tv3s_cfg, tv3s, common + single_frame_opts(tv3s_defaults), log=log))
+    results = {"stream": stream, "clip": clip, RESET: reset}
     return {k: summary["spec"][k] for k in ("height", "width")}, per_frame, results
 
 
 def final_of(curve):
     """The metrics of a run's last evaluation (its final weights), with the whole curve."""
-    return {**{m: curve[-1][m] for m in METRICS}, "curve": curve}
+    return {**{m: v for m, v in curve[-1].items() if m != "iter"}, "curve": curve}
 
 
 def evaluate_mpvss(name, config, weights, common, log):

@@ -3,14 +3,23 @@ and a plot."""
 from tabulate import tabulate
 
 from ..engine import METRICS
+from ..engine.temporal_contribution import RESET
+from ..evaluation.vss_evaluator import CONTEXT_METRICS
 from .synthetic import KEY_INTERVALS
 
+
+def columns(result):
+    """The metrics of the tables: METRICS, and the context pixels' where the set has them."""
+    return [*METRICS, *[m for m in CONTEXT_METRICS if m in result]]
+
+
 def mpvss_rows(results, per_frame):
-    rows = [["Mask2Former (per frame)", 1, *[per_frame[m] for m in METRICS], per_frame["GFLOPs"], None, None, None]]
+    metrics = columns(per_frame)
+    rows = [["Mask2Former (per frame)", 1, *[per_frame[m] for m in metrics], per_frame["GFLOPs"], None, None, None]]
     for name, result in results.items():
         epe = result["flow_epe"]
         for k, r in result["K"].items():
-            rows.append([name, k, *[r[m] for m in METRICS], r["GFLOPs"], epe["EPE_objects"], epe["EPE_moving"],
+            rows.append([name, k, *[r.get(m) for m in metrics], r["GFLOPs"], epe["EPE_objects"], epe["EPE_moving"],
                          epe["EPE"]])
     return rows
 
@@ -52,7 +61,7 @@ def mpvss_markdown(res):
              "Flow EPE: per-query flow against the ground truth on the validation videos, gaps 1..10, in "
              "frame pixels, on the pixels of the moving object classes, on every pixel that moves more "
              "than 0.5 px (the camera pans) and on every valid pixel (vss/evaluation/flow_diagnostics.py).", ""]
-    headers = ["model", "K", *METRICS, "GFLOPs/frame", "EPE objects", "EPE moving", "EPE all"]
+    headers = ["model", "K", *columns(res["mask2former"]), "GFLOPs/frame", "EPE objects", "EPE moving", "EPE all"]
     lines.append(tabulate(mpvss_rows(res["mpvss"], res["mask2former"]), headers=headers, floatfmt=".2f",
                           tablefmt="github", missingval="-"))
     lines += propagation_tables(res["mpvss"])
@@ -81,11 +90,17 @@ def tv3s_markdown(res):
              "(vss/evaluation/scan_resolution.py). Fine-tuned as TV3S: the per-frame SegFormer "
              "trained further with TV3S's rates, iterations and frames (the control).", ""]
     seg, tv3s = res["segformer"], res["tv3s"]
-    rows = [["SegFormer-B0 (per frame)", *[seg["full resolution"][m] for m in METRICS]],
-            ["SegFormer-B0 at TV3S's scan resolution", *[seg["scan resolution"][m] for m in METRICS]],
-            ["SegFormer-B0 fine-tuned as TV3S", *[seg["fine-tuned as TV3S"][m] for m in METRICS]]]
-    rows += [[f"TV3S ({mode})", *[r[m] for m in METRICS]] for mode, r in tv3s.items()]
-    lines.append(tabulate(rows, headers=["model", *METRICS], floatfmt=".1f", tablefmt="github"))
+    metrics = columns(seg["full resolution"])
+    rows = [["SegFormer-B0 (per frame)", *[seg["full resolution"][m] for m in metrics]],
+            ["SegFormer-B0 at TV3S's scan resolution", *[seg["scan resolution"].get(m) for m in metrics]],
+            ["SegFormer-B0 fine-tuned as TV3S", *[seg["fine-tuned as TV3S"].get(m) for m in metrics]]]
+    rows += [[f"TV3S ({mode})", *[r.get(m) for m in metrics]] for mode, r in tv3s.items()]
+    lines.append(tabulate(rows, headers=["model", *metrics], floatfmt=".1f", tablefmt="github", missingval="-"))
+    if RESET in tv3s:  # older results files have no such row
+        stream, reset = tv3s["stream"], tv3s[RESET]
+        shown = [m for m in ("mIoU", "mVC8", *CONTEXT_METRICS) if m in stream and m in reset]
+        lines += ["", "Temporal contribution (TV3S streamed minus the same weights with the state reset at every "
+                  "frame): " + ", ".join(f"{stream[m] - reset[m]:+.1f} {m}" for m in shown) + "."]
     lines += ["", "Learning curves of the fine-tuning (validation set):", ""]
     control = {p["iter"]: p for p in seg["fine-tuned as TV3S"]["curve"]}
     rows = [[p["iter"], p["mIoU"], p["mVC8"], control.get(p["iter"], {}).get("mIoU"),
@@ -135,3 +150,19 @@ def plot(res, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def tv3s_seeds_table(runs, metrics=("mIoU", "mVC8", *CONTEXT_METRICS)):
+    """Markdown table of the TV3S part of benchmark runs on several seeds (`runs`: {seed: results}):
+    each model's metric as "seed a / seed b", for the `metrics` the runs have."""
+    first = next(iter(runs.values()))
+    metrics = [m for m in metrics if m in first["segformer"]["full resolution"]]
+    models = {"SegFormer-B0 (per frame)": lambda r: r["segformer"]["full resolution"],
+              "SegFormer-B0 at TV3S's scan resolution": lambda r: r["segformer"]["scan resolution"],
+              "SegFormer-B0 fine-tuned as TV3S (control)": lambda r: r["segformer"]["fine-tuned as TV3S"],
+              **{f"TV3S ({mode})": (lambda r, mode=mode: r["tv3s"][mode]) for mode in first["tv3s"]}}
+    rows = [[name, *[" / ".join("-" if pick(r).get(m) is None else f"{pick(r)[m]:.1f}" for r in runs.values())
+                     for m in metrics]] for name, pick in models.items()]
+    seeds = " / ".join(str(s) for s in runs)
+    return tabulate(rows, headers=["model", *[f"{m}, seed {seeds}" for m in metrics]], tablefmt="github",
+                    disable_numparse=True)

@@ -15,6 +15,13 @@ Video effects (`vss.data.video_effects`: faster and varied motion, motion blur, 
 flicker, noise, compression) are drawn per video and per frame from generators spawned from
 the video's own, so the clean videos are the same with or without them.
 
+The context task (`context=P`) is a diagnostic of temporal models, like the synthetic tasks the
+Mamba paper uses to show memory: every object is a disc whose size and motion do not depend on its
+class, and its class colour shows in one frame of every P; the other frames show one pattern
+shared by all classes. A pixel of an object hidden that way, whose class an earlier frame showed,
+is a context pixel (`context/<frame>.png`, 255): a single frame cannot tell its class, so a
+per-frame model is at chance there and a model that carries what it saw must do better.
+
 Written in VSPW layout (see `vss.data.datasets.vspw`) with raw label = train id + 1.
 """
 import json
@@ -35,12 +42,17 @@ logger = logging.getLogger(__name__)
 
 # Bump when the rendering changes, so that existing folders are not taken as up to date.
 GENERATOR = "vss.data.synthetic"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 LABEL_OFFSET = 1
 SPLITS = ("train", "val")
 SPEC_FILE = "spec.json"
 MOTION_FILE = "motion.json"
 OWN_FILES = (SPEC_FILE, "classes.json", "train.txt", "val.txt")
+CONTEXT_DIR = "context"
+CONTEXT_PIXEL = 255
+# the context task's class colours, and the look every hidden object shares
+CONTEXT_COLORS = {"car": (205, 35, 45), "person": (45, 70, 210), "ball": (235, 215, 45), "bird": (150, 60, 200)}
+CLOAK_GRAYS = (95, 185)
 VIDEO_NAME = re.compile(r"^(train|val)_\d{4}$")
 FRAME_DIGITS = 8
 
@@ -159,10 +171,11 @@ def _person_texture(rng, v, b, grain):
 
 
 class _Motion:
-    """How objects move: the speed factor, and with `turns` > 0 sudden turns drawn from `rng`."""
+    """How objects move: the speed factor, the birds' wing-beat and wobble rate factor (`flap`), and
+    with `turns` > 0 sudden turns drawn from `rng`."""
 
-    def __init__(self, speed, turns, rng):
-        self.speed, self.turns, self.rng = speed, turns, rng
+    def __init__(self, speed, turns, rng, flap=1.0):
+        self.speed, self.turns, self.rng, self.flap = speed, turns, rng, flap
 
     def turn(self, vel, speed):
         """A new velocity: turned by up to 115 degrees, its speed redrawn around the object's own."""
@@ -175,28 +188,29 @@ class _Motion:
 class _Object:
     """One moving object: a shape in a local (2R+1)^2 patch, its texture there, and a path."""
 
-    def __init__(self, rng, kind, frames, height, width, motion):
+    def __init__(self, rng, kind, frames, height, width, motion, size=1.0):
         s = min(height, width) / 120
+        z = s * size  # object sizes; speeds stay in s
         self.kind, self.raw = kind, RAW[kind]
         self.flap = None
         gravity, wobble = 0.0, 0.0
         if kind == "car":
-            self.a, self.b = rng.uniform(16, 24) * s, rng.uniform(8, 11) * s
+            self.a, self.b = rng.uniform(16, 24) * z, rng.uniform(8, 11) * z
             extent, speed, vy = self.a, rng.uniform(1, 4) * s, rng.uniform(-0.3, 0.3) * s
             y_range, bounce = (0.5, 0.95), rng.random() < 0.7
         elif kind == "person":
-            self.a, self.b = rng.uniform(5, 7) * s, rng.uniform(15, 20) * s
+            self.a, self.b = rng.uniform(5, 7) * z, rng.uniform(15, 20) * z
             extent, speed, vy = 1.1 * self.b, rng.uniform(0.5, 2) * s, rng.uniform(-0.5, 0.5) * s
             y_range, bounce = (0.45, 0.9), rng.random() < 0.7
         elif kind == "ball":
-            self.a = self.b = rng.uniform(7, 11) * s
+            self.a = self.b = rng.uniform(7, 11) * z
             extent, speed, vy = self.a, rng.uniform(1, 3) * s, rng.uniform(-3, 0) * s
             y_range, bounce, gravity = (0.0, 1.0), True, 0.4 * s
         else:  # bird: two flapping wing triangles around a small body
-            self.a, self.b = rng.uniform(14, 20) * s, rng.uniform(7, 10) * s
+            self.a, self.b = rng.uniform(14, 20) * z, rng.uniform(7, 10) * z
             extent, speed, vy = self.a, rng.uniform(2, 4.5) * s, rng.uniform(-1, 1) * s
             y_range, bounce, wobble = (0.1, 0.5), rng.random() < 0.5, rng.uniform(2, 6) * s
-            self.flap = (rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.9))
+            self.flap = (rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.9) * motion.flap)
         self.radius = int(np.ceil(extent)) + 1
         self.half = (self.radius, self.radius)
         r = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
@@ -205,6 +219,10 @@ class _Object:
         factor = motion.speed
         self.path = self._path(rng, frames, height, width, speed * factor, vy * factor, y_range,
                                bounce or motion.turns > 0, gravity * factor**2, wobble, motion)
+
+    def look(self, when):
+        """The texture drawn at time `when`."""
+        return self.texture
 
     def _texture(self, rng):
         u, v, a, b = self.u, self.v, self.a, self.b
@@ -239,7 +257,7 @@ class _Object:
         phase = rng.uniform(0, 2 * np.pi)
         path = []
         for t in range(frames):
-            dy = wobble * np.sin(0.5 * t + phase)
+            dy = wobble * np.sin(0.5 * motion.flap * t + phase)
             path.append((int(round(pos[0])), int(round(pos[1] + dy))))
             vel[1] += gravity
             if motion.turns and motion.rng.random() < 0.15 * motion.turns:
@@ -265,6 +283,42 @@ class _Object:
         tip = -b * np.cos(phase + rate * t)
         wing = _triangle(np.abs(u), v, [(a, tip), (0.1 * a, -0.25 * b), (0.1 * a, 0.35 * b)])
         return wing | _ellipse(u, v, 0.4 * a, 0.3 * b)
+
+
+class _Cloaked(_Object):
+    """An object of the context task: a disc of a class-independent size and motion that shows its
+    class colour in one frame of every `period` (at a phase of its own) and the shared cloak pattern
+    in the others."""
+
+    def __init__(self, rng, kind, frames, height, width, motion, period, size=1.0):
+        s = min(height, width) / 120
+        self.kind, self.raw, self.flap = kind, RAW[kind], None
+        self.a = self.b = rng.uniform(10, 15) * s * size
+        self.radius = int(np.ceil(self.a)) + 1
+        self.half = (self.radius, self.radius)
+        r = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
+        self.u, self.v = r[None], r[:, None]
+        n = 2 * self.radius + 1
+        grain = rng.normal(size=(n, n, 1))
+        shade = (1 - 0.3 * np.clip((self.u + self.v) / (2 * self.a), -1, 1))[..., None]
+        self.texture = np.array(CONTEXT_COLORS[kind], np.float64) * shade + 6 * grain
+        cell = max(2, int(round(4 * s)))
+        checks = ((self.u // cell + self.v // cell) % 2).astype(int)
+        self.cloak = np.array(CLOAK_GRAYS, np.float64)[checks][..., None] * shade + 6 * grain
+        self.shown = (np.arange(frames) + rng.integers(period)) % period == 0
+        speed, vy = rng.uniform(0.5, 2.5) * s * motion.speed, rng.uniform(-0.7, 0.7) * s * motion.speed
+        self.path = self._path(rng, frames, height, width, speed, vy, (0.05, 0.95), True, 0.0, 0.0, motion)
+
+    def look(self, when):
+        t = min(max(int(round(when)), 0), len(self.shown) - 1)  # a motion-blur sample may fall past the ends
+        return self.texture if self.shown[t] else self.cloak
+
+    def mask(self, t):
+        return _ellipse(self.u, self.v, self.a, self.a)
+
+    def context(self, t):
+        """Whether frame `t` hides the class that an earlier frame showed."""
+        return not self.shown[t] and bool(self.shown[:t].any())
 
 
 class _Occluder:
@@ -307,6 +361,9 @@ class _Occluder:
     def mask(self, when):
         return self.shape
 
+    def look(self, when):
+        return self.texture
+
 
 def _paste(image, label, layer, obj, centre, when, index):
     """Draw `obj` centred at `centre` (x, y) at `when` over the frame, its label and the layer map."""
@@ -319,7 +376,7 @@ def _paste(image, label, layer, obj, centre, when, index):
         return
     local = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
     m = obj.mask(when)[local]
-    image[fy0:fy1, fx0:fx1][m] = obj.texture[local][m]
+    image[fy0:fy1, fx0:fx1][m] = obj.look(when)[local][m]
     label[fy0:fy1, fx0:fx1][m] = obj.raw
     layer[fy0:fy1, fx0:fx1][m] = index
 
@@ -354,9 +411,10 @@ def _exposed(canvas, canvas_labels, positions, layers, t, exposure, visible, hei
                     for when in times], axis=0)
 
 
-def render_video(rng, frames, height, width, effects=None):
+def render_video(rng, frames, height, width, effects=None, context=0):
     """Render one video from `rng` (a numpy Generator) with `effects` (a preset name or strength
-    dict, see `vss.data.video_effects`; None = clean).
+    dict, see `vss.data.video_effects`; None = clean), as the context task with period `context`
+    if > 0 (module doc).
 
     Returns {"images": uint8 (F, H, W, 3) RGB, "labels": uint8 (F, H, W) raw values
     (train id + 1), "pan": int (F, 2) canvas (row, col) offset of each frame,
@@ -364,7 +422,8 @@ def render_video(rng, frames, height, width, effects=None):
     (F, H, W) index of the layer seen at each pixel (0 = background, then the objects far
     to near, occluders nearest), "positions": int (L, F, 2) (x, y) where each layer's origin is
     in each frame, "layer_classes": the class name of each layer ("background" for layer 0),
-    "quality": int (F,) the JPEG quality each frame is to be written with}.
+    "quality": int (F,) the JPEG quality each frame is to be written with, "context": bool
+    (F, H, W) the context pixels (all False without the context task)}.
 
     Every layer only translates by whole pixels, so a pixel of layer i at p in frame t shows
     the same surface point as p + positions[i, k] - positions[i, t] in frame k. The effects
@@ -386,8 +445,12 @@ def render_video(rng, frames, height, width, effects=None):
 
     kinds = ["car", "person", "ball", "bird"]
     kinds += list(rng.choice(kinds, size=rng.integers(0, 3)))
-    motion = _Motion(effects["speed"], effects["turns"], motion_rng)
-    objects = [_Object(rng, kind, frames, height, width, motion) for kind in kinds]
+    motion = _Motion(effects["speed"], effects["turns"], motion_rng, effects["flap"])
+    if context:
+        objects = [_Cloaked(rng, kind, frames, height, width, motion, context, effects["object_size"])
+                   for kind in kinds]
+    else:
+        objects = [_Object(rng, kind, frames, height, width, motion, effects["object_size"]) for kind in kinds]
     depth_order = [objects[i] for i in rng.permutation(len(objects))]  # far to near
     gain = rng.uniform(0.85, 1.15)
     passes = occluder_rng.poisson(effects["occlusions"] * frames / 20)
@@ -402,8 +465,12 @@ def render_video(rng, frames, height, width, effects=None):
     labels = np.empty((frames, height, width), np.uint8)
     layer_maps = np.empty((frames, height, width), np.uint8)
     quality = np.empty(frames, int)
+    hidden = np.zeros((frames, height, width), bool)
     for t in range(frames):
         image, labels[t], layer_maps[t] = _render(canvas, canvas_labels, positions, layers, t, height, width)
+        if context:
+            needs = [i for i, obj in enumerate(layers, 1) if isinstance(obj, _Cloaked) and obj.context(t)]
+            hidden[t] = np.isin(layer_maps[t], needs)
         if effects["motion_blur"]:
             exposure = effects["motion_blur"] * blur_rng.uniform(0.5, 1)
             visible = np.unique(layer_maps[t])
@@ -412,7 +479,7 @@ def render_video(rng, frames, height, width, effects=None):
         image, quality[t] = camera.expose(image)
         images[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return {"images": images, "labels": labels, "pan": pan, "canvas_labels": canvas_labels,
-            "layers": layer_maps, "positions": positions, "quality": quality,
+            "layers": layer_maps, "positions": positions, "quality": quality, "context": hidden,
             "layer_classes": ["background"] + [str(obj.kind) for obj in layers]}
 
 
@@ -440,12 +507,16 @@ def video_ids(spec):
     return {split: [f"{split}_{i:04d}" for i in range(spec[f"{split}_videos"])] for split in SPLITS}
 
 
-def _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files):
+def _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files, context):
     spec = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed,
             "train_videos": train_videos, "val_videos": val_videos, "frames": frames,
             "height": height, "width": width, "classes": list(SYNTHETIC_CLASSES),
             "effects": resolve_effects(effects), "flow_files": bool(flow_files)}
     minimum = {"train_videos": 1, "val_videos": 1, "frames": 1, "height": 32, "width": 32, "seed": 0}
+    if context:
+        # only then in the spec, so that the sets written before the context task stay up to date
+        spec["context"] = context
+        minimum["context"] = 2
     for key, low in minimum.items():
         value = spec[key]
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -490,14 +561,15 @@ def _summary(root, spec, generated):
 
 
 def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width=160, seed=0,
-             effects=None, flow_files=False, overwrite=False):
+             effects=None, flow_files=False, context=0, overwrite=False):
     """Write the synthetic dataset to `root` in VSPW layout and return a summary dict.
 
     Beside each video's frames and labels: `motion.json` (each layer's class and position per
     frame) and `layers/<frame>.png` (the layer seen at each pixel), from which
     `ground_truth_flow` computes the exact flow between any two frames; with `flow_files`
     also `flow/<frame>.flo` (Middlebury) and `flow_valid/<frame>.png` (255 = valid) holding
-    the backward flow of each frame t > 0 to frame t - 1.
+    the backward flow of each frame t > 0 to frame t - 1; with `context` (the context task's
+    period, module doc) also `context/<frame>.png` (255 at the context pixels, else 0).
 
     Idempotent: when `root/spec.json` matches the requested spec nothing is written
     (summary["generated"] is False). A different or missing spec in a non-empty `root`
@@ -505,7 +577,7 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     The output of an older generator version is replaced. Video i of a split depends only
     on (seed, split, i), the frame size/count and the effects.
     """
-    spec = _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files)
+    spec = _make_spec(train_videos, val_videos, frames, height, width, seed, effects, flow_files, context)
     root = os.fspath(root)
     if os.path.isdir(root) and os.listdir(root):
         existing = _read_spec(root)
@@ -521,8 +593,8 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
             if existing is None:
                 raise FileExistsError(f"{root} is not empty and has no {SPEC_FILE} (an interrupted "
                                       "generation or another dataset); pass overwrite=True (--overwrite)")
-            changed = ", ".join(f"{k}: {existing.get(k)!r} -> {v!r}" for k, v in spec.items()
-                                if existing.get(k) != v)
+            changed = ", ".join(f"{k}: {existing.get(k)!r} -> {spec.get(k)!r}" for k in {**existing, **spec}
+                                if existing.get(k) != spec.get(k))
             raise FileExistsError(f"{root} holds a synthetic dataset with a different spec ({changed}); "
                                   "pass overwrite=True (--overwrite) to replace it")
         _clear(root)
@@ -531,8 +603,9 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
     for split_code, (split, ids) in enumerate(video_ids(spec).items()):
         for index, video in enumerate(ids):
             rng = np.random.default_rng([spec["seed"], split_code, index])
-            out = render_video(rng, spec["frames"], spec["height"], spec["width"], spec["effects"])
-            _write_video(os.path.join(root, "data", video), out, spec["flow_files"])
+            out = render_video(rng, spec["frames"], spec["height"], spec["width"], spec["effects"],
+                               spec.get("context", 0))
+            _write_video(os.path.join(root, "data", video), out, spec["flow_files"], spec.get("context", 0))
         with open(os.path.join(root, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
     classes = {"classes": [{"name": n, "color": list(c)}
@@ -553,8 +626,9 @@ def _frame_name(t):
     return f"{t:0{FRAME_DIGITS}d}"
 
 
-def _write_video(video_dir, out, flow_files):
+def _write_video(video_dir, out, flow_files, context):
     folders = ("origin", "mask", "layers") + (("flow", "flow_valid") if flow_files else ())
+    folders += (CONTEXT_DIR,) if context else ()
     for folder in folders:
         os.makedirs(os.path.join(video_dir, folder), exist_ok=True)
     for t, (image, label, layer) in enumerate(zip(out["images"], out["labels"], out["layers"])):
@@ -563,6 +637,9 @@ def _write_video(video_dir, out, flow_files):
                [cv2.IMWRITE_JPEG_QUALITY, int(out["quality"][t])])
         _write(os.path.join(video_dir, "mask", name + ".png"), label, [])
         _write(os.path.join(video_dir, "layers", name + ".png"), layer, [])
+        if context:
+            _write(os.path.join(video_dir, CONTEXT_DIR, name + ".png"),
+                   out["context"][t].astype(np.uint8) * CONTEXT_PIXEL, [])
         if flow_files and t > 0:
             flow, valid = layered_flow(out["positions"], layer, out["layers"][t - 1], t, t - 1)
             write_flo(os.path.join(video_dir, "flow", name + ".flo"), flow)

@@ -7,3 +7,4 @@ from .setup import load_cfg, prepare_cfg, setup_cfg
 from .trainer import Trainer
 from .runs import METRICS, evaluate, learning_curve, load_model, metric_names, train_once, video_gflops
 from .weights import check_weights
+from .temporal_contribution import single_frame_opts, temporal_contribution

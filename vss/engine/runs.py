@@ -10,6 +10,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 
 from ..config import add_vss_config
+from ..evaluation.vss_evaluator import CONTEXT_METRICS
 from ..utils.flops import video_flops
 from .loading import load_weights
 from .setup import load_cfg, setup_cfg
@@ -19,8 +20,14 @@ __all__ = ["METRICS", "metric_names", "train_once", "learning_curve", "load_mode
 
 
 def metric_names(cfg):
-    """The metrics `evaluate` reports for `cfg`: mIoU, WIoU and mVC<n> for each TEST.VSS.VC_WINDOWS n."""
+    """The metrics `evaluate` reports for `cfg`: mIoU, WIoU and mVC<n> for each TEST.VSS.VC_WINDOWS n
+    (and CONTEXT_METRICS on data with context pixels)."""
     return ("mIoU", "WIoU", *(f"mVC{n}" for n in cfg.TEST.VSS.VC_WINDOWS))
+
+
+def _reported(results, metrics):
+    """`metrics` of an evaluator's results, and the context pixels' where the data has them."""
+    return {m: results[m] for m in (*metrics, *CONTEXT_METRICS) if m in metrics or m in results}
 
 
 def _default_cfg():
@@ -72,7 +79,7 @@ def learning_curve(output_dir, metrics=None):
     with open(os.path.join(output_dir, EVALUATIONS)) as f:
         for line in f:
             record = json.loads(line)
-            curve.append({"iter": record["iter"], **{m: record["results"]["sem_seg"][m] for m in metrics}})
+            curve.append({"iter": record["iter"], **_reported(record["results"]["sem_seg"], metrics)})
     return curve
 
 
@@ -100,7 +107,7 @@ def evaluate(name, config_file, weights, opts=(), log=print, model_fn=None):
     results = Trainer.test(cfg, model)
     if len(cfg.DATASETS.TEST) == 1:  # detectron2 returns the one dataset's results directly
         results = {cfg.DATASETS.TEST[0]: results}
-    per_set = {dataset: {m: results[dataset]["sem_seg"][m] for m in metric_names(cfg)} for dataset in cfg.DATASETS.TEST}
+    per_set = {dataset: _reported(results[dataset]["sem_seg"], metric_names(cfg)) for dataset in cfg.DATASETS.TEST}
     return per_set[cfg.DATASETS.TEST[0]] if len(per_set) == 1 else per_set
 
 

@@ -24,6 +24,11 @@ script, which compares raw values. One difference: raw 0 ("others") and raw 255 
 read as ignore with VSPW's offset, so a pixel switching between those two counts as
 identical here and not there.
 
+Context pixels: a frame whose record has a `context_file_name` (the synthetic context task,
+vss/data/synthetic.py) adds its pixels marked 255 there to a second confusion matrix, from which
+"mIoU (context)" and "pACC (context)" are computed the same way: how well the model knows the
+class of pixels that only other frames show. They are reported only where such files exist.
+
 Streaming: frames of a video come in frame order and whole videos per process. A
 window is scored when a later frame of its video arrives, which gives exactly the
 official range, so only the last max(n) frames of the open video are kept. Frame
@@ -51,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 
 MIOU_CLASSES = ("gt", "gt_or_pred")
+# the metrics of context pixels, present only for data with context masks (module doc)
+CONTEXT_METRICS = ("mIoU (context)", "pACC (context)")
 
 
 class VSSEvaluator(DatasetEvaluator):
@@ -103,6 +110,8 @@ class VSSEvaluator(DatasetEvaluator):
 
     def reset(self):
         self._conf = np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
+        # None until a frame with a context mask arrives
+        self._context_conf = None
         self._vc_values = {n: [] for n in self._vc_windows}
         self._closed_videos = set()
         self._video = None
@@ -140,7 +149,9 @@ class VSSEvaluator(DatasetEvaluator):
                 self._open_video(video)
             self._last_idx = idx
             if gt is not None:
-                self._add_to_confusion(gt, pred)
+                self._conf += self._confusion(gt, pred)
+                if record.get("context_file_name"):
+                    self._add_context(record, gt, pred)
             self._score_windows()
             self._frames.append((idx, gt, pred))
             if self._save_predictions:
@@ -188,10 +199,22 @@ class VSSEvaluator(DatasetEvaluator):
         self._video = video
         self._frames.clear()
 
-    def _add_to_confusion(self, gt, pred):
+    def _confusion(self, gt, pred):
         valid = gt != IGNORE_LABEL
         index = gt[valid].astype(np.int64) * self._num_classes + pred[valid]
-        self._conf += np.bincount(index, minlength=self._conf.size).reshape(self._conf.shape)
+        return np.bincount(index, minlength=self._num_classes ** 2).reshape(self._num_classes, -1)
+
+    def _add_context(self, record, gt, pred):
+        path = record["context_file_name"]
+        mask = np.asarray(Image.open(path)) if os.path.isfile(path) else None
+        if mask is None or mask.shape != gt.shape:
+            found = "does not exist" if mask is None else f"is {mask.shape}"
+            raise ValueError(f"context mask {path} of frame {record['file_name']} {found}: expected a "
+                             f"{gt.shape[0]}x{gt.shape[1]} PNG (255 = context pixel)")
+        context = mask == 255
+        gt = np.where(context, gt, IGNORE_LABEL)
+        conf = self._confusion(gt, pred)
+        self._context_conf = conf if self._context_conf is None else self._context_conf + conf
 
     def _score_windows(self):
         """Score, for each n, the window that ends at the newest kept frame.
@@ -231,7 +254,7 @@ class VSSEvaluator(DatasetEvaluator):
         videos = set(self._closed_videos)
         if self._video is not None:
             videos.add(self._video)
-        state = (self._conf, self._vc_values, videos, self._kinds, self._sizes)
+        state = (self._conf, self._vc_values, videos, self._kinds, self._sizes, self._context_conf)
         if self._distributed:
             comm.synchronize()
             states = comm.gather(state, dst=0)
@@ -241,7 +264,7 @@ class VSSEvaluator(DatasetEvaluator):
             states = [state]
 
         seen = {}
-        for rank, (_, _, videos, _, _) in enumerate(states):
+        for rank, (_, _, videos, *_) in enumerate(states):
             for video in videos:
                 if video in seen:
                     raise ValueError(
@@ -253,6 +276,10 @@ class VSSEvaluator(DatasetEvaluator):
         vc_values = {n: list(itertools.chain.from_iterable(state[1][n] for state in states))
                      for n in self._vc_windows}
         results = self._metrics(conf, vc_values)
+        contexts = [state[5] for state in states if state[5] is not None]
+        if contexts:
+            context = self._scores(sum(contexts))
+            results.update(zip(CONTEXT_METRICS, (context["mIoU"], context["pACC"])))
         kinds = sum((state[3] for state in states), Counter())
         compute = None
         if self._model is not None and kinds:
@@ -262,6 +289,18 @@ class VSSEvaluator(DatasetEvaluator):
         return OrderedDict(sem_seg=results)
 
     def _metrics(self, conf, vc_values):
+        res = self._scores(conf)
+        iou = res.pop("iou")
+        for n in self._vc_windows:
+            # fsum keeps the mean independent of the order videos were gathered in.
+            scored = [v for v in vc_values[n] if not math.isnan(v)]
+            res[f"mVC{n}"] = 100 * math.fsum(scored) / len(scored) if scored else math.nan
+        for name, value in zip(self._class_names, iou):
+            res[f"IoU-{name}"] = 100 * value
+        return res
+
+    def _scores(self, conf):
+        """mIoU, WIoU, pACC and the per-class IoU ("iou") of a confusion matrix."""
         tp = np.diag(conf).astype(np.float64)
         gt_pixels = conf.sum(axis=1).astype(np.float64)
         pred_pixels = conf.sum(axis=0).astype(np.float64)
@@ -277,12 +316,7 @@ class VSSEvaluator(DatasetEvaluator):
         res["mIoU"] = 100 * iou[present].sum() / averaged.sum() if present.any() else math.nan
         res["WIoU"] = 100 * (gt_pixels[present] / total * iou[present]).sum() if total else math.nan
         res["pACC"] = 100 * tp.sum() / total if total else math.nan
-        for n in self._vc_windows:
-            # fsum keeps the mean independent of the order videos were gathered in.
-            scored = [v for v in vc_values[n] if not math.isnan(v)]
-            res[f"mVC{n}"] = 100 * math.fsum(scored) / len(scored) if scored else math.nan
-        for name, value in zip(self._class_names, iou):
-            res[f"IoU-{name}"] = 100 * value
+        res["iou"] = iou
         return res
 
     def _log(self, res, compute):

@@ -1,6 +1,7 @@
 """Synthetic moving-object video in VSPW layout, written by datasets/prepare_synthetic.py.
 
-Registered: synthetic_vss_{train,val} (clean) and synthetic_vss_fx_{train,val} (video effects).
+Registered: synthetic_vss_{train,val} (clean), synthetic_vss_fx_{train,val} (video effects) and
+synthetic_vss_ctx_{train,val} (the context task: classes shown only in some frames).
 
 The class list lives here so that the generator and the registration agree.
 """
@@ -16,16 +17,19 @@ SYNTHETIC_COLORS = [
     (70, 130, 180), (107, 142, 35), (128, 64, 128), (102, 102, 156),
     (0, 0, 142), (220, 20, 60), (250, 170, 30), (255, 0, 0),
 ]
-# Dataset name prefix -> folder: the clean set and the set with video effects (`--effects effects`).
-SYNTHETIC_DIRNAMES = {"synthetic_vss": "synthetic_vss", "synthetic_vss_fx": "synthetic_vss_fx"}
+# Dataset name prefix -> folder: the clean set, the set with video effects and the context task.
+SYNTHETIC_DIRNAMES = {"synthetic_vss": "synthetic_vss", "synthetic_vss_fx": "synthetic_vss_fx",
+                      "synthetic_vss_ctx": "synthetic_vss_ctx"}
+# Dataset name prefix -> the datasets/prepare_synthetic.py options that write it.
+PREPARE_OPTIONS = {"synthetic_vss": "", "synthetic_vss_fx": " --effects effects", "synthetic_vss_ctx": " --context 3"}
 SYNTHETIC_DIRNAME = SYNTHETIC_DIRNAMES["synthetic_vss"]
 
 
 def register_all_synthetic(datasets_root):
     for prefix, dirname in SYNTHETIC_DIRNAMES.items():
         root = os.path.join(datasets_root, dirname)
-        effects = "" if prefix == "synthetic_vss" else " --effects effects"
-        how_to_get = (f"generate it with `.venv/bin/python datasets/prepare_synthetic.py{effects} --root {root}` "
+        how_to_get = (f"generate it with `.venv/bin/python datasets/prepare_synthetic.py{PREPARE_OPTIONS[prefix]} "
+                      f"--root {root}` "
                       "(seconds; see datasets/README.md)")
         for split in ("train", "val"):
             register_vspw_layout(f"{prefix}_{split}", root, split, SYNTHETIC_CLASSES, SYNTHETIC_COLORS,

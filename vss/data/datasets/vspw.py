@@ -37,7 +37,8 @@ def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
     frame_idx keeps the gaps of missing frames, which are logged once per video together
     with any mask that has no frame. A frame without a mask PNG is unlabelled
     (`sem_seg_file_name` None; logged per video). All frames of a video are taken to
-    share the first frame's size; the mappers check it when they read a frame.
+    share the first frame's size; the mappers check it when they read a frame. A video with a
+    `context` folder (the synthetic context task) gives each frame its `context_file_name`.
     `how_to_get` ends the error for a missing dataset: where to get it.
     """
     split_file = os.path.join(root, f"{split}.txt")
@@ -63,6 +64,8 @@ def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
             raise ValueError(f"video {video!r} has no frames in {frame_dir} (expected {FRAME_EXTS} files)")
         frames = number_frames(names, frame_dir)
         masks = set(os.listdir(mask_dir)) if os.path.isdir(mask_dir) else set()
+        context_dir = os.path.join(root, "data", video, "context")
+        context = os.path.isdir(context_dir)
         height, width = image_size(os.path.join(frame_dir, frames[0][1]))
         unlabelled = 0
         for idx, name in frames:
@@ -73,17 +76,18 @@ def load_vspw_layout(root, split, how_to_get="see datasets/README.md"):
                 mask = os.path.join(mask_dir, mask)
             else:
                 mask, unlabelled = None, unlabelled + 1
-            records.append(
-                {
-                    "file_name": os.path.join(frame_dir, name),
-                    "sem_seg_file_name": mask,
-                    "height": height,
-                    "width": width,
-                    "video_id": video,
-                    "frame_idx": idx,
-                    "image_id": f"{video}/{stem}",
-                }
-            )
+            record = {
+                "file_name": os.path.join(frame_dir, name),
+                "sem_seg_file_name": mask,
+                "height": height,
+                "width": width,
+                "video_id": video,
+                "frame_idx": idx,
+                "image_id": f"{video}/{stem}",
+            }
+            if context:
+                record["context_file_name"] = os.path.join(context_dir, stem + ".png")
+            records.append(record)
         if unlabelled and os.path.isdir(mask_dir):
             logger.warning("video %s: %d of %d frames have no mask in %s; they are unlabelled",
                            video, unlabelled, len(frames), mask_dir)

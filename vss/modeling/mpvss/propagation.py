@@ -45,6 +45,9 @@ class MaskPropagation(nn.Module):
     # base config of another meta-architecture (weights_start_from_base).
     weights_start = "MPVSS starts from a trained per-frame Mask2Former"
     weights_start_from_base = True
+    # Why it has no single_frame_opts (vss.engine.temporal_contribution) and what measures its use of time.
+    no_single_frame = ("MPVSS carries the key frame's masks, not a state to reset: tools/synthetic_benchmark.py "
+                       "scores its propagated frames with its own flow and with the true flow")
 
     @classmethod
     def start_evaluates(cls, cfg):

@@ -15,7 +15,9 @@ not depend on the video's length. "clip" reproduces the release's default test i
 (`tools/test.py --mode 0`): every frame is predicted from a fresh clip of itself and the frames
 at INPUT.VIDEO.CLIP_OFFSETS before it (the training clip), with the release's clips for a
 video's first frames (clips.release_test_clip): the per-frame head's prediction for
-the first 3 frames, fixed frame lists for the next 6.
+the first 3 frames, fixed frame lists for the next 6. "frame" is the paper's single-frame protocol
+(its Table S1): the streaming step from a fresh state at every frame, each frame a video of its
+own, so that the same weights show what the carried states add.
 
 Names follow the release (`vs.layers.{i}.mixer.*`, `vs.layers.{i}.norm`, `vs.norm_f`,
 `linear_pred2`), so its `decode_head.vs.*` / `decode_head.linear_pred2.*` weights load under
@@ -31,7 +33,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..finite import LOGITS_CAUSE, check_finite
-from ..frame_plan import FramePlan
+from ..frame_plan import FRAME, FramePlan, per_frame_plan
 from ..layers import drop_path
 from ..postprocess import sem_seg_output
 from ..segformer_head import LOSS_AVERAGES, PREDICTOR_INITS, check_choice, cross_entropy, init_predictor
@@ -42,7 +44,7 @@ from .windows import merge, partition, window_groups
 
 __all__ = ["ShiftedWindowMamba", "StateSpaceSharing", "StreamState", "ClipState", "mamba_map_size"]
 
-INFERENCE_MODES = ("stream", "clip")
+INFERENCE_MODES = ("stream", "clip", "frame")
 # Clip frames a loss term supervises (MODEL.TV3S.TEMPORAL_LOSS_FRAMES, AUX_LOSS_FRAMES).
 LOSS_FRAMES = ("last", "all")
 
@@ -163,6 +165,9 @@ class StateSpaceSharing(nn.Module):
     # What training starts from (hints of vss.engine.weights).
     weights_start = ("TV3S starts from an ImageNet-pretrained encoder converted with `tools/convert_tv3s.py --encoder` "
                      "or from a TV3S checkpoint (see projects/TV3S/README.md)")
+    # Config options under which the same weights predict every frame without time, as a video of its
+    # own (vss.engine.temporal_contribution): the paper's single-frame protocol.
+    single_frame_opts = ("MODEL.TV3S.INFERENCE", "frame")
 
     @configurable
     def __init__(self, *, num_classes, embed_dim=256, window_size=20, shift=10, num_blocks=4, d_state=16,
@@ -181,7 +186,8 @@ class StateSpaceSharing(nn.Module):
             aux_weight: weight of the per-frame (SegFormerHead) loss.
             temporal_weight: weight of the loss on the temporal predictions.
             ignore_value: label value excluded from the losses.
-            inference: "stream" (carried states) or "clip" (a fresh clip per frame).
+            inference: "stream" (carried states), "clip" (a fresh clip per frame) or "frame"
+                (a fresh state per frame).
             clip_offsets: clip mode: frame offsets of a clip, <= 0, the current frame (0) last.
             temporal_loss_frames: "last" (the release) or "all": the clip frames whose temporal
                 prediction the loss supervises.
@@ -321,6 +327,9 @@ class StateSpaceSharing(nn.Module):
         if self.inference == "stream":
             y, layers = self.vs(x, None if state is None else state.layers)
             state = StreamState(image_size=size, layers=layers)
+        elif self.inference == "frame":  # the streaming step from a fresh state; nothing carried to the next frame
+            y, _ = self.vs(x)
+            state = None
         else:
             first = frame["frame_idx"] if state is None else state.first
             stored = (() if state is None else state.frames) + ((frame["frame_idx"], x),)
@@ -350,6 +359,8 @@ class StateSpaceSharing(nn.Module):
             return FramePlan({1: "streaming step"}, lambda i: 1 if i > 0 else None, (1,),
                              "one streaming step counted (frame 1, after a first frame that starts the carried "
                              "states): every later frame costs the same", start_kinds={0: "first frame"})
+        if self.inference == "frame":
+            return per_frame_plan("MODEL.TV3S.INFERENCE frame: every frame is a streaming step from a fresh state")
         k = self._first_clip_position()
         return FramePlan({k: "clip frame"}, lambda i: k if i >= k else None, (k,),
                          f"one frame counted (frame {k}, the first with a whole clip: every later frame scans a "
@@ -359,6 +370,8 @@ class StateSpaceSharing(nn.Module):
     def frame_kind(self, frame_idx, previous, state):
         if self.inference == "stream":
             return "first frame" if previous is None else "streaming step"
+        if self.inference == "frame":
+            return FRAME
         return "early frame" if state.early else "clip frame"
 
     def _first_clip_position(self):
