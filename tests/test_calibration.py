@@ -10,7 +10,8 @@ from vss.data.video_effects import PRESETS, resolve_effects
 
 from conftest import REPO, load_script
 
-TINY = {"train_videos": 1, "val_videos": 2, "frames": 8, "height": 48, "width": 64}
+# 10 frames: one window for mVC8
+TINY = {"train_videos": 1, "val_videos": 2, "frames": 10, "height": 48, "width": 64}
 
 
 def test_copy_loss_is_what_copying_key_frame_labels_costs():
@@ -18,9 +19,9 @@ def test_copy_loss_is_what_copying_key_frame_labels_costs():
     # by hand: one confusion over the copied frames of both validation videos
     conf = np.zeros((8, 8), np.int64)
     for index in range(2):
-        labels = render_video(np.random.default_rng([0, 1, index]), 8, 48, 64, resolve_effects("clean"))["labels"]
+        labels = render_video(np.random.default_rng([0, 1, index]), 10, 48, 64, resolve_effects("clean"))["labels"]
         labels = labels.astype(np.int64) - LABEL_OFFSET
-        for t in range(8):
+        for t in range(10):
             conf += np.bincount(labels[t].ravel() * 8 + labels[t - t % 5].ravel(), minlength=64).reshape(8, 8)
     tp = np.diag(conf)
     present = conf.sum(1) > 0

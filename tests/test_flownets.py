@@ -217,8 +217,6 @@ def test_pretraining_on_synthetic_pairs_through_the_trainer(tmp_path):
     train_net.py --eval-only with MODEL.MOTION.WEIGHTS give the same numbers."""
     import uuid
 
-    from detectron2.engine import default_argument_parser
-
     from vss.data.datasets import register_flow_pairs
     from vss.data.synthetic import generate
     from vss.engine import Trainer
@@ -244,7 +242,7 @@ def test_pretraining_on_synthetic_pairs_through_the_trainer(tmp_path):
 
     train_net = load_script(REPO / "train_net.py")
     weights = str(tmp_path / "out" / "model_final.pth")
-    args = default_argument_parser().parse_args(
+    args = train_net.build_parser().parse_args(
         ["--config-file", PRETRAIN, "--eval-only", *opts, "OUTPUT_DIR", str(tmp_path / "eval"),
          "MODEL.MOTION.WEIGHTS", weights])
     again = train_net.main(args)["flow"]

@@ -166,3 +166,17 @@ def tv3s_seeds_table(runs, metrics=("mIoU", "mVC8", *CONTEXT_METRICS)):
     seeds = " / ".join(str(s) for s in runs)
     return tabulate(rows, headers=["model", *[f"{m}, seed {seeds}" for m in metrics]], tablefmt="github",
                     disable_numparse=True)
+
+
+def mpvss_summary_table(res):
+    """Markdown table of the MPVSS part of one run: per variant the mIoU at each K, the mVC8 at K = 5
+    and the mIoU lost at K = 5 relative to the per-frame Mask2Former."""
+    per_frame = res["mask2former"]
+    rows = [["Mask2Former (per frame)", *[f"{per_frame['mIoU']:.1f}"] * len(KEY_INTERVALS),
+             f"{per_frame['mVC8']:.1f}", "-"]]
+    for name, result in res["mpvss"].items():
+        k = {int(key): r for key, r in result["K"].items()}
+        loss = 100 * (per_frame["mIoU"] - k[5]["mIoU"]) / per_frame["mIoU"]
+        rows.append([name, *[f"{k[i]['mIoU']:.1f}" for i in KEY_INTERVALS], f"{k[5]['mVC8']:.1f}", f"{loss:.1f}%"])
+    return tabulate(rows, headers=["model", *[f"mIoU K={i}" for i in KEY_INTERVALS], "mVC8 K=5",
+                                   "mIoU lost at K=5"], tablefmt="github", disable_numparse=True)
