@@ -47,7 +47,7 @@ PRESETS = {
     # - Copy of the ground truth at K = 5 loses 8.5 mIoU (VSPW: Copy loses 7-9% of the per-frame mIoU);
     # - the per-frame SegFormer-B0 (1,600 iterations, 240x320) flickers: mVC8 85.3 (VSPW's
     #   per-frame models: 81-88), at 84.4 mIoU;
-    # - TV3S's 1/8 scan map costs that SegFormer 2.2 mIoU (target: within 2; 2.1-2.4 at every haze tried).
+    # - TV3S's 1/8 scan map costs that SegFormer 2.2 mIoU (target: within 2; 2.1-2.4 at every haze tried at 1,600).
     # Slow motion and wing beats, objects 2.5x larger (as VSPW's large regions against the 1/8 map),
     # and a heavy haze that moves every frame (the per-frame ambiguity). Measured on the way (mVC8,
     # scan-map cost): haze 0.6 / 0.9 after 800 iterations 96.0, 2.3 / 77.6, 1.8; after 1,600,
