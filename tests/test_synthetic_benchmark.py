@@ -177,3 +177,17 @@ def test_learning_curve_reads_the_runs_own_windows(tmp_path):
     (tmp_path / "config.yaml").write_text("TEST:\n  VSS:\n    VC_WINDOWS: [4]\n")
     assert learning_curve(str(tmp_path)) == [{"iter": 5, "mIoU": 50.0, "WIoU": 49.0, "mVC4": 90.0},
                                              {"iter": 10, "mIoU": 51.0, "WIoU": 50.0, "mVC4": 91.0}]
+
+
+def test_seed_table_of_new_and_old_results_files():
+    from vss.benchmark.synthetic_report import tv3s_seeds_table
+
+    def run(miou, modes):
+        scores = {"mIoU": miou, "WIoU": miou, "mVC8": 90.0, "mVC16": 89.0}
+        return {"segformer": {k: scores for k in ("full resolution", "scan resolution", "fine-tuned as TV3S")},
+                "tv3s": {mode: scores for mode in modes}}
+
+    old, new = run(70.0, ["stream", "clip"]), run(80.0, ["stream", "clip", "reset per frame"])
+    for runs in ({0: old, 1: new}, {1: new, 0: old}):
+        rows = {line.split("|")[1].strip(): line for line in tv3s_seeds_table(runs).splitlines()[2:]}
+        assert "TV3S (reset per frame)" in rows and "-" in rows["TV3S (reset per frame)"].split("|")[2]

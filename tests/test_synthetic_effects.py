@@ -191,3 +191,16 @@ def test_object_size_and_flap_change_the_objects_only():
     assert 0 < shape_change(0.1) < shape_change(1.0) / 4
     with pytest.raises(ValueError, match=r"object_size must be a number in \[0.25, 2.5\], got 3"):
         resolve_effects("clean", object_size=3)
+
+
+def test_an_older_generation_of_another_set_is_not_replaced_silently(tmp_path):
+    """Models trained on an old set must not end up beside new data they were not trained on."""
+    root = tmp_path / "old"
+    generate(str(root), train_videos=1, val_videos=1, frames=2, height=32, width=32)
+    spec = json.loads((root / "spec.json").read_text())
+    old_effects = {k: v for k, v in spec["effects"].items() if k not in ("object_size", "flap", "haze")}
+    (root / "spec.json").write_text(json.dumps({**spec, "version": 2, "effects": old_effects}))
+    with pytest.raises(FileExistsError, match=r"different spec \(effects: .*pass overwrite=True"):
+        generate(str(root), train_videos=1, val_videos=1, frames=2, height=32, width=32, effects="vspw")
+    # the same set as before, from the older generator: replaced
+    assert generate(str(root), train_videos=1, val_videos=1, frames=2, height=32, width=32)["generated"]

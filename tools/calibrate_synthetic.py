@@ -10,6 +10,7 @@ with these numbers and frozen before any video model sees it.
 Prints the numbers and writes them to --json (default OUTPUT/calibration.json).
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -34,8 +35,9 @@ def main(argv=None):
     parser.add_argument("--segformer-iters", type=int, default=800, help="training iterations of the SegFormer")
     parser.add_argument("--tv3s-scale", type=int, default=TV3S_SCALE, help="frame size of the TV3S set over 120x160")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=os.path.join(REPO, "output", "calibration"),
-                        help="folder of the data and the SegFormer (reused when trained)")
+    parser.add_argument("--output", default=None,
+                        help="folder of the data and the SegFormer, reused when trained (default: "
+                             "output/calibration/<a hash of the effects, iterations, scale and seed>)")
     parser.add_argument("--json", default=None, help="results file (default OUTPUT/calibration.json)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -47,6 +49,10 @@ def main(argv=None):
         effects = resolve_effects(args.effects, **overrides)
     except ValueError as e:
         sys.exit(f"calibrate_synthetic: {e}")
+    # one folder per setting: a trained SegFormer is reused only for the setting it was trained with
+    key = json.dumps([effects, args.segformer_iters, args.tv3s_scale, args.seed], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    args.output = args.output or os.path.join(REPO, "output", "calibration", digest)
     res = calibrate(effects, args.output, args.segformer_iters, args.tv3s_scale, args.seed)
     path = args.json or os.path.join(args.output, "calibration.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -157,10 +157,11 @@ def tv3s_seeds_table(runs, metrics=("mIoU", "mVC8", *CONTEXT_METRICS)):
     each model's metric as "seed a / seed b", for the `metrics` the runs have."""
     first = next(iter(runs.values()))
     metrics = [m for m in metrics if m in first["segformer"]["full resolution"]]
+    modes = dict.fromkeys(mode for r in runs.values() for mode in r["tv3s"])  # older files lack some
     models = {"SegFormer-B0 (per frame)": lambda r: r["segformer"]["full resolution"],
               "SegFormer-B0 at TV3S's scan resolution": lambda r: r["segformer"]["scan resolution"],
               "SegFormer-B0 fine-tuned as TV3S (control)": lambda r: r["segformer"]["fine-tuned as TV3S"],
-              **{f"TV3S ({mode})": (lambda r, mode=mode: r["tv3s"][mode]) for mode in first["tv3s"]}}
+              **{f"TV3S ({mode})": (lambda r, mode=mode: r["tv3s"].get(mode, {})) for mode in modes}}
     rows = [[name, *[" / ".join("-" if pick(r).get(m) is None else f"{pick(r)[m]:.1f}" for r in runs.values())
                      for m in metrics]] for name, pick in models.items()]
     seeds = " / ".join(str(s) for s in runs)

@@ -586,6 +586,12 @@ def generate(root, *, train_videos=8, val_videos=4, frames=20, height=120, width
             return _summary(root, spec, generated=False)
         outdated = existing is not None and existing.get("generator") == GENERATOR \
             and existing.get("version") != GENERATOR_VERSION
+        if outdated and not overwrite:
+            # replaced silently only when it is the same set, rendered anew: a different set would
+            # leave models trained on the old one beside data they were not trained on
+            same = {**existing, "version": GENERATOR_VERSION, "effects": resolve_effects(existing.get("effects"))}
+            outdated = same == spec
+            existing = same
         if outdated:
             logger.warning("%s was written by generator version %s; replacing it with version %d", root,
                            existing.get("version"), GENERATOR_VERSION)
