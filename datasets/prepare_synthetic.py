@@ -1,14 +1,17 @@
 """Generate the synthetic video dataset (registered as synthetic_vss_{train,val}, with video effects
-as synthetic_vss_fx_{train,val}, and the context task as synthetic_vss_ctx_{train,val}).
+as synthetic_vss_fx_{train,val}, the preset calibrated to VSPW as synthetic_vss_vspw_{train,val}
+and the context task as synthetic_vss_ctx_{train,val}).
 
     .venv/bin/python datasets/prepare_synthetic.py                      # ./datasets/synthetic_vss, seconds
+    .venv/bin/python datasets/prepare_synthetic.py --effects vspw       # ./datasets/synthetic_vss_vspw
     .venv/bin/python datasets/prepare_synthetic.py --effects effects    # ./datasets/synthetic_vss_fx
     .venv/bin/python datasets/prepare_synthetic.py --context 3          # ./datasets/synthetic_vss_ctx
     .venv/bin/python datasets/prepare_synthetic.py --frames 40 --height 240 --width 320 --overwrite
     .venv/bin/python datasets/prepare_synthetic.py --effects effects --motion-blur 0 --noise 20 --root /tmp/noisy
 
 The default root is `$DETECTRON2_DATASETS/synthetic_vss` for the clean set,
-`$DETECTRON2_DATASETS/synthetic_vss_fx` for any set with effects and
+`$DETECTRON2_DATASETS/synthetic_vss_vspw` for the vspw preset as it is,
+`$DETECTRON2_DATASETS/synthetic_vss_fx` for any other set with effects and
 `$DETECTRON2_DATASETS/synthetic_vss_ctx` for the context task, where the registered datasets look.
 The context task (--context P) makes every object a disc of one size and motion for all classes
 that shows its class colour in one frame of every P, a look shared by all classes in the others;
@@ -21,7 +24,6 @@ import argparse
 import os
 import sys
 
-from vss.data.datasets.synthetic import SYNTHETIC_DIRNAMES
 from vss.data.synthetic import generate
 from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
 from vss.engine.cli import add_debug_argument, run_main
@@ -39,6 +41,17 @@ EFFECT_OPTIONS = {
     "flap": (float, "factor on the rate of the birds' wing beats and wobble"),
     "haze": (float, "strongest veil over patches of a frame, drawn anew each frame, 0..1"),
 }
+
+
+def default_set(effects, context):
+    """The registered set whose folder (its name) is the default root: the context task's for any
+    context task, the calibrated set's for the vspw preset as it is, the clean set's for no
+    effects, else the effects set's (any other strengths)."""
+    if context:
+        return "synthetic_vss_ctx"
+    if effects == resolve_effects("vspw"):
+        return "synthetic_vss_vspw"
+    return "synthetic_vss" if effects == CLEAN else "synthetic_vss_fx"
 
 
 def main(argv=None):
@@ -68,9 +81,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         effects = resolve_effects(args.effects, **{name: getattr(args, name) for name in EFFECT_OPTIONS})
-        prefix = "synthetic_vss_ctx" if args.context else "synthetic_vss" if effects == CLEAN else "synthetic_vss_fx"
-        dirname = SYNTHETIC_DIRNAMES[prefix]
-        summary = generate(args.root or os.path.join(datasets, dirname), train_videos=args.train_videos,
+        root = args.root or os.path.join(datasets, default_set(effects, args.context))
+        summary = generate(root, train_videos=args.train_videos,
                            val_videos=args.val_videos, frames=args.frames, height=args.height,
                            width=args.width, seed=args.seed, effects=effects, flow_files=args.flow_files,
                            context=args.context, overwrite=args.overwrite)

@@ -20,7 +20,7 @@ from vss.data.datasets import (
     register_video_folders,
     register_vspw_layout,
 )
-from vss.data.datasets.synthetic import SYNTHETIC_DIRNAMES
+from vss.data.datasets.synthetic import SYNTHETIC_SETS
 from vss.data.io import read_frame, read_label
 
 
@@ -195,7 +195,7 @@ def builtins_under(tmp_path):
     """Re-registers the built-in datasets under an empty $DETECTRON2_DATASETS, then back."""
     registrations = [(register_all_vspw, ["vspw"], ("train", "val", "test")),
                      (register_all_cityscapes_video, ["cityscapes_video"], ("train", "val")),
-                     (register_all_synthetic, list(SYNTHETIC_DIRNAMES), ("train", "val"))]
+                     (register_all_synthetic, list(SYNTHETIC_SETS), ("train", "val"))]
     original = os.path.dirname(MetadataCatalog.get("vspw_val").dataset_root)
 
     def register(root):
@@ -216,6 +216,8 @@ def builtins_under(tmp_path):
                             "{root}/synthetic_vss`"),
     ("synthetic_vss_fx_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --effects effects "
                              "--root {root}/synthetic_vss_fx`"),
+    ("synthetic_vss_vspw_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --effects vspw "
+                               "--root {root}/synthetic_vss_vspw`"),
     ("synthetic_vss_ctx_val", "generate it with `.venv/bin/python datasets/prepare_synthetic.py --context 3 "
                               "--root {root}/synthetic_vss_ctx`"),
     ("cityscapes_video_val", "download leftImg8bit_sequence_trainvaltest.zip and gtFine_trainvaltest.zip from "

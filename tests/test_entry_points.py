@@ -13,7 +13,7 @@ ENTRY_POINTS = ["train_net.py", "demo/demo.py", "tools/quickstart.py", "tools/co
                 "tools/convert_flownets.py", "tools/benchmark_scan.py", "tools/benchmark.py",
                 "tools/benchmark_streaming.py", "tools/analyze_model.py", "tools/synthetic_benchmark.py",
                 "tools/gpu_check.py", "tools/plot_keyframe_tradeoff.py", "tools/recipe_ablation.py",
-                "datasets/prepare_synthetic.py"]
+                "tools/calibrate_synthetic.py", "tools/tv3s_state_carry.py", "datasets/prepare_synthetic.py"]
 JIT_WARNING = "`torch.jit.script` is deprecated"
 
 

@@ -121,7 +121,7 @@ def _after_make_demo():
     from vss.data.synthetic import generate
     from vss.engine import Trainer, setup_cfg
 
-    generate("datasets/synthetic_vss", train_videos=1, val_videos=1, frames=10)
+    generate("datasets/synthetic_vss_vspw", train_videos=1, val_videos=1, frames=10, effects="vspw")
     for folder, config in QUICKSTART.items():
         model = Trainer.build_model(setup_cfg(f"configs/synthetic/{config}", ["MODEL.WEIGHTS", ""]))
         os.makedirs(f"output/quickstart/{folder}")
@@ -281,11 +281,14 @@ def test_tv3s_benchmark_table_is_the_benchmark_results():
         assert row[1:] == [f"{run[m]:.1f}" for m in ("mIoU", "WIoU", "mVC8", "mVC16")], row[0]
 
 
+# The benchmark's results files on the vspw preset: seed 1 ran each part apart, seed 2 is one whole run
+VSPW_MPVSS = {1: "synthetic_benchmark_vspw_seed1_mpvss.json", 2: "synthetic_benchmark_vspw_seed2.json"}
+VSPW_TV3S = {1: "synthetic_benchmark_vspw_seed1_tv3s.json", 2: "synthetic_benchmark_vspw_seed2.json"}
 # README tables of the TV3S part on several seeds -> the results files they render, seed by seed
 TV3S_SEED_TABLES = [("README.md", {0: "context_tv3s_seed0.json", 1: "context_tv3s_seed1.json"}),
                     ("projects/TV3S/README.md", {0: "context_tv3s_seed0.json", 1: "context_tv3s_seed1.json"}),
-                    ("README.md", {1: "synthetic_benchmark_vspw_seed1_tv3s.json"}),
-                    ("projects/TV3S/README.md", {1: "synthetic_benchmark_vspw_seed1_tv3s.json"})]
+                    ("README.md", VSPW_TV3S),
+                    ("projects/TV3S/README.md", VSPW_TV3S)]
 
 
 @pytest.mark.parametrize("readme, files", TV3S_SEED_TABLES)
@@ -307,9 +310,36 @@ def test_calibration_table_is_the_calibration_file():
         f"**{record['scan-resolution ceiling: SegFormer mIoU loss']:.1f}** (missed)"]
 
 
+CONTEXT_MPVSS = {0: "context_mpvss_seed0.json", 1: "context_mpvss_seed1.json"}
+
+
 @pytest.mark.parametrize("readme", ["README.md", "projects/MPVSS/README.md"])
-def test_mpvss_summary_on_the_vspw_preset_is_the_results_file(readme):
+@pytest.mark.parametrize("files", [VSPW_MPVSS, CONTEXT_MPVSS], ids=["vspw", "context"])
+def test_mpvss_summaries_are_the_results_files(readme, files):
     from vss.benchmark.synthetic_report import mpvss_summary_table
 
-    results = json.loads((REPO / "projects" / "results" / "synthetic_benchmark_vspw_seed1_mpvss.json").read_text())
-    assert mpvss_summary_table(results) in (REPO / readme).read_text()
+    runs = {seed: json.loads((REPO / "projects" / "results" / name).read_text()) for seed, name in files.items()}
+    assert mpvss_summary_table(runs) in (REPO / readme).read_text()
+
+
+# README's state-carry table -> the diagnostic's results files, by the name the table gives each
+STATE_CARRY = {"vspw seed 1": "state_carry_vspw_seed1.json", "vspw seed 2": "state_carry_vspw_seed2.json",
+               "context seed 0": "state_carry_context_seed0.json", "untrained": "state_carry_context_untrained.json"}
+
+
+def test_state_carry_tables_are_the_results_files():
+    from vss.evaluation.clip_gradient import gradient_table
+    from vss.evaluation.state_carry import comparison
+
+    results = {name: json.loads((REPO / "projects" / "results" / file).read_text())
+               for name, file in STATE_CARRY.items()}
+    readme = (REPO / "README.md").read_text()
+    assert comparison(results) in readme and gradient_table(results) in readme
+
+
+def test_calibration_of_the_new_seeds_is_the_results_files():
+    from vss.benchmark.synthetic_report import calibration_table
+
+    runs = {seed: json.loads((REPO / "projects" / "results" / name).read_text())["calibration"]
+            for seed, name in VSPW_TV3S.items()}
+    assert calibration_table(runs) in (REPO / "README.md").read_text()

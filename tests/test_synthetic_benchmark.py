@@ -6,6 +6,7 @@ import pytest
 from matplotlib.image import imread
 
 from vss.benchmark import synthetic as bench
+from vss.benchmark.calibration import copy_loss
 from vss.benchmark.synthetic_report import markdown, plot, tv3s_markdown
 from vss.engine import METRICS, evaluate, learning_curve, train_once
 from vss.engine.trainer import EVALUATIONS
@@ -98,6 +99,12 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         assert [p["iter"] for p in curve] == [1, 2, 3]
         assert curve[-1]["mIoU"] == pytest.approx(res["mpvss"][name]["K"]["5"]["mIoU"])
     assert set(res["flownets"]) == {"evaluator", "diagnostics"}
+    # the set's calibration numbers, measured on this run (the default set is the vspw preset)
+    full, scan = res["segformer"]["full resolution"], res["segformer"]["scan resolution"]
+    assert res["calibration"] == pytest.approx({
+        "copy of the ground truth, K=5: mIoU loss": copy_loss("vspw", 0, data=res["dataset"]),
+        "per-frame mVC8": full["mVC8"], "scan-resolution ceiling: SegFormer mIoU loss": full["mIoU"] - scan["mIoU"]})
+    assert 0 < res["calibration"]["copy of the ground truth, K=5: mIoU loss"] < 100
     # Copy's flow is zero: its EPE is the mean ground-truth motion, what FlowEvaluator calls EPE_zero
     assert res["mpvss"]["Copy"]["flow_epe"]["EPE"] > 0
     leaves = list(numbers(res))
@@ -111,6 +118,7 @@ def test_quick_run_writes_every_number(tmp_path, capsys):
         if path.rsplit("/", 1)[-1] in ("mIoU", "WIoU", "mVC8", "GFLOPs", "EPE"):
             assert isinstance(value, (int, float)), path
     table = (out / "synthetic_benchmark.md").read_text()
+    assert "## Calibration (baselines only)" in table and "| per-frame mVC8 " in table
     assert "| Query-based flow" in table and "| TV3S (stream)" in table and "mIoU, true flow" in table
     assert "| TV3S (reset per frame)" in table and "Temporal contribution (TV3S streamed minus" in table
     assert imread(out / "synthetic_benchmark.png").shape[-1] in (3, 4)

@@ -144,6 +144,13 @@ def test_effects_set_registered_and_written_by_the_cli(tmp_path, monkeypatch, ca
     assert "nothing to do" in capsys.readouterr().out
     cli.main(args)  # clean: its own folder
     assert (tmp_path / "synthetic_vss" / "spec.json").is_file()
+    cli.main(args + ["--effects", "vspw"])  # the calibrated preset as it is: its registered folder
+    with open(tmp_path / "synthetic_vss_vspw" / "spec.json") as f:
+        assert json.load(f)["effects"] == PRESETS["vspw"]
+    assert MetadataCatalog.get("synthetic_vss_vspw_val").dataset_root.endswith("synthetic_vss_vspw")
+    cli.main(args + ["--effects", "vspw", "--noise", "3", "--overwrite"])  # changed: any other effects
+    with open(tmp_path / "synthetic_vss_fx" / "spec.json") as f:
+        assert json.load(f)["effects"] == {**PRESETS["vspw"], "noise": 3.0}
     with pytest.raises(SystemExit, match=r"synthetic effects: motion_blur must be a number"):
         cli.main(args + ["--motion-blur", "3"])
 

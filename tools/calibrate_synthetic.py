@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from vss.benchmark import REPO
 from vss.benchmark.calibration import calibrate
 from vss.benchmark.synthetic import TV3S_SCALE
+from vss.benchmark.synthetic_report import calibration_table
 from vss.data.video_effects import CLEAN, PRESETS, resolve_effects
 from vss.engine.cli import add_debug_argument, run_main
 
@@ -58,9 +59,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
-    for key in ("copy of the ground truth, K=5: mIoU loss", "per-frame mVC8",
-                "scan-resolution ceiling: SegFormer mIoU loss"):
-        print(f"{key}: {res[key]:.2f}")
+    print(calibration_table({args.seed: res}))
     print(f"[calibrate] {path}")
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """The quickstart behind `make demo`: generated video -> train -> evaluate -> table, video, plot.
 
-1. writes the synthetic video set (datasets/prepare_synthetic.py defaults) if missing;
+1. writes the synthetic video set if missing: by default the preset calibrated to VSPW
+   (`datasets/prepare_synthetic.py --effects vspw`, registered as synthetic_vss_vspw_{train,val});
+   `--data clean` the clean set (synthetic_vss_{train,val});
 2. trains tiny models on CPU (or GPU when present) in the papers' protocol, shortened: the
    motion encoder pretrained as FlowNetS on the set's exact flow; a per-frame Mask2Former, then
    MPVSS (query-based flow) fine-tuned from it with the pretrained motion weights; a per-frame
    SegFormer-B0, then TV3S fine-tuned from it. A model whose `model_final.pth` exists is not
    retrained (delete output/quickstart to start over);
-3. evaluates the four segmentation models on synthetic_vss_val with the VSS evaluator, and TV3S's
+3. evaluates the four segmentation models on the set's validation videos with the VSS evaluator, and TV3S's
    weights once more with its state reset at every frame (what its carried states add), and
    prints one table (mIoU, WIoU, mVC8, mVC16); OUTPUT/results.json holds it with the seed, the
    thread count and the torch version (demo/quickstart_results.json is the README's copy). The
@@ -28,8 +30,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 from vss.benchmark import REPO
-from vss.benchmark.quickstart import (COPY, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME, SEED,
-                                      SEGFORMER, TV3S, TV3S_ITERS, config_path, results_table, run_environment)
+from vss.benchmark.quickstart import (COPY, DATA, FLOWNETS, FLOWNETS_SCHEDULE, KEY_INTERVALS, MPVSS, PER_FRAME,
+                                      SEED, SEGFORMER, TV3S, TV3S_ITERS, claim_output, config_path, data_opts,
+                                      results_table, run_environment)
+from vss.data.datasets.synthetic import SYNTHETIC_SETS
 from vss.data.synthetic import generate
 from vss.engine import evaluate, load_cfg, single_frame_opts, train_once, video_gflops
 from vss.engine.cli import add_debug_argument, run_main
@@ -43,16 +47,14 @@ def train(name, path, output_dir, opts, seed):
     return train_once(name, config_path(path), output_dir, list(opts) + ["SEED", seed], log=log)
 
 
-def run_eval(name, path, weights, opts=()):
-    return evaluate(name, config_path(path), weights, opts, log=log)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"),
                         help="folder of the models, results, video and plot (`make demo OUT=...`)")
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"SEED of every training (default {SEED}, the README's table); the data stay the same")
+    parser.add_argument("--data", choices=list(DATA), default="vspw",
+                        help="the synthetic set: the preset calibrated to VSPW (default) or the clean set")
     add_debug_argument(parser)
     args = parser.parse_args()
     setup_logger(name="vss")
@@ -60,16 +62,24 @@ def main():
     out = args.output
 
     # Where the registered synthetic datasets look ($DETECTRON2_DATASETS, default ./datasets).
-    summary = generate(MetadataCatalog.get("synthetic_vss_train").dataset_root)
+    prefix = DATA[args.data]
+    claim_output(out, prefix)
+    summary = generate(MetadataCatalog.get(f"{prefix}_train").dataset_root, **SYNTHETIC_SETS[prefix])
     print(f"[quickstart] synthetic data: {summary['root']} ({summary['frames']} frames"
           f"{', generated' if summary['generated'] else ', already there'})")
+    data = data_opts(prefix)
 
-    flownets = train("FlowNetS", FLOWNETS, os.path.join(out, "flownets"), FLOWNETS_SCHEDULE, args.seed)
-    per_frame = train("Mask2Former", PER_FRAME, os.path.join(out, "mask2former"), [], args.seed)
+    def run_eval(name, path, weights, opts=()):
+        return evaluate(name, config_path(path), weights, data + list(opts), log=log)
+
+    flownets = train("FlowNetS", FLOWNETS, os.path.join(out, "flownets"),
+                     data_opts(prefix, flow=True) + FLOWNETS_SCHEDULE, args.seed)
+    per_frame = train("Mask2Former", PER_FRAME, os.path.join(out, "mask2former"), data, args.seed)
     mpvss = train("MPVSS", MPVSS, os.path.join(out, "mpvss"),
-                  ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets], args.seed)
-    segformer = train("SegFormer-B0", SEGFORMER, os.path.join(out, "segformer"), [], args.seed)
-    tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"), ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", TV3S_ITERS], args.seed)
+                  data + ["MODEL.WEIGHTS", per_frame, "MODEL.MOTION.WEIGHTS", flownets], args.seed)
+    segformer = train("SegFormer-B0", SEGFORMER, os.path.join(out, "segformer"), data, args.seed)
+    tv3s = train("TV3S", TV3S, os.path.join(out, "tv3s"),
+                 data + ["MODEL.WEIGHTS", segformer, "SOLVER.MAX_ITER", TV3S_ITERS], args.seed)
 
     rows = [
         {"model": "Mask2Former (per frame)", **run_eval("Mask2Former", PER_FRAME, per_frame)},
@@ -84,7 +94,7 @@ def main():
     print(f"[quickstart] segmenting {video} with MPVSS")
     subprocess.run([sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file",
                     config_path(MPVSS), "--input", video,
-                    "--output-video", os.path.join(out, "demo.mp4"), "--opts", "MODEL.WEIGHTS", mpvss],
+                    "--output-video", os.path.join(out, "demo.mp4"), "--opts", "MODEL.WEIGHTS", mpvss, *data],
                    check=True)
 
     runs, tradeoff = [], {}
@@ -97,13 +107,13 @@ def main():
             with open(files[-1], "w") as f:
                 json.dump({"K": k, "sem_seg": result}, f)
         runs += ["--runs", f"{name}=" + ",".join(files)]
-    key, nonkey = video_gflops(config_path(MPVSS), mpvss, ["MODEL.MPVSS.KEY_INTERVAL", "2"])
+    key, nonkey = video_gflops(config_path(MPVSS), mpvss, data + ["MODEL.MPVSS.KEY_INTERVAL", "2"])
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_keyframe_tradeoff.py"), *runs,
                     "--flops", f"KEY={key:.3f},NONKEY={nonkey:.3f}",
                     "--flops-label", "tiny MPVSS (query flow), synthetic frames",
                     "--output", os.path.join(out, "tradeoff.png")], check=True)
 
-    results = {**run_environment(args.seed), "models": rows, "tradeoff_mIoU": tradeoff}
+    results = {**run_environment(args.seed), "data": prefix, "models": rows, "tradeoff_mIoU": tradeoff}
     print("\n" + results_table(results))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -2,8 +2,8 @@
 """What the releases' training recipes cost or gain on the synthetic set, switch by switch.
 
 The VSPW/Cityscapes configs follow the releases (projects/*/README.md, "Recipe"); the synthetic
-configs keep the code defaults. This tool fine-tunes the two video models on the synthetic set
-as the quickstart does (same per-frame starts; MPVSS 200 iterations, TV3S 100), once with the
+configs keep the code defaults. This tool fine-tunes the two video models on the clean synthetic
+set (synthetic_vss) with the quickstart's schedules (MPVSS 200 iterations, TV3S 100), once with the
 synthetic configs as they are and once per release switch, over several seeds, and prints the
 mIoU / mVC8 of each with its mean and spread:
 

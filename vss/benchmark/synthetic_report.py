@@ -5,6 +5,7 @@ from tabulate import tabulate
 from ..engine import METRICS
 from ..engine.temporal_contribution import RESET
 from ..evaluation.vss_evaluator import CONTEXT_METRICS
+from .calibration import TARGETS
 from .synthetic import KEY_INTERVALS
 
 
@@ -46,12 +47,29 @@ def markdown(res):
     lines = [f"# Synthetic benchmark ({res['options']['data']} set, seed {res['options']['seed']}"
              f"{', --quick' if res['options']['quick'] else ''})", "",
              f"{res['date']}, {res['machine']}; iterations {res['options']['iters']}.", ""]
+    if "calibration" in res:
+        seed = res["options"]["seed"]
+        lines += ["## Calibration (baselines only)", "", calibration_table({seed: res["calibration"]}), ""]
     if "mpvss" in res:
         lines += mpvss_markdown(res)
     if "tv3s" in res:
         lines += tv3s_markdown(res)
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()), ""]
     return "\n".join(lines)
+
+
+def calibration_table(runs):
+    """Markdown table of the calibration numbers (vss/benchmark/calibration.py) of benchmark runs
+    ({seed: numbers}) against their targets (set from VSPW's), as "seed a / seed b"."""
+    def target(low, high):
+        return f"at most {high}" if low is None else f"{low} to {high}"
+
+    rows = [[name, target(*TARGETS[name]),
+             " / ".join("-" if name not in numbers else f"{numbers[name]:.1f}" for numbers in runs.values())]
+            for name in TARGETS if any(name in numbers for numbers in runs.values())]
+    seeds = " / ".join(str(s) for s in runs)
+    return tabulate(rows, headers=["number", "target", f"seed {seeds}"], tablefmt="github",
+                    disable_numparse=True)
 
 
 def mpvss_markdown(res):
@@ -169,15 +187,30 @@ def tv3s_seeds_table(runs, metrics=("mIoU", "mVC8", *CONTEXT_METRICS)):
                     disable_numparse=True)
 
 
-def mpvss_summary_table(res):
-    """Markdown table of the MPVSS part of one run: per variant the mIoU at each K, the mVC8 at K = 5
-    and the mIoU lost at K = 5 relative to the per-frame Mask2Former."""
-    per_frame = res["mask2former"]
-    rows = [["Mask2Former (per frame)", *[f"{per_frame['mIoU']:.1f}"] * len(KEY_INTERVALS),
-             f"{per_frame['mVC8']:.1f}", "-"]]
-    for name, result in res["mpvss"].items():
-        k = {int(key): r for key, r in result["K"].items()}
-        loss = 100 * (per_frame["mIoU"] - k[5]["mIoU"]) / per_frame["mIoU"]
-        rows.append([name, *[f"{k[i]['mIoU']:.1f}" for i in KEY_INTERVALS], f"{k[5]['mVC8']:.1f}", f"{loss:.1f}%"])
-    return tabulate(rows, headers=["model", *[f"mIoU K={i}" for i in KEY_INTERVALS], "mVC8 K=5",
-                                   "mIoU lost at K=5"], tablefmt="github", disable_numparse=True)
+def mpvss_summary_table(runs):
+    """Markdown table of the MPVSS part of benchmark runs on several seeds (`runs`: {seed: results}): per
+    variant the mIoU at each K, the mVC8 (and the context pixels' metrics, where the set has them) at
+    K = 5 and the mIoU lost at K = 5 relative to that seed's per-frame Mask2Former, as "seed a / seed
+    b"; "-" where a run lacks the variant."""
+    first = next(iter(runs.values()))
+    at_five = ["mVC8", *[m for m in CONTEXT_METRICS if m in first["mask2former"]]]
+
+    def cells(per_seed):
+        return " / ".join("-" if v is None else v for v in per_seed)
+
+    def variant(res, name):
+        if name not in res["mpvss"]:
+            return [None] * (len(KEY_INTERVALS) + len(at_five) + 1)
+        k = {int(key): r for key, r in res["mpvss"][name]["K"].items()}
+        loss = 100 * (res["mask2former"]["mIoU"] - k[5]["mIoU"]) / res["mask2former"]["mIoU"]
+        return [*[f"{k[i]['mIoU']:.1f}" for i in KEY_INTERVALS], *[f"{k[5][m]:.1f}" for m in at_five], f"{loss:.1f}%"]
+
+    per_frame = [[f"{r['mask2former']['mIoU']:.1f}"] * len(KEY_INTERVALS)
+                 + [f"{r['mask2former'][m]:.1f}" for m in at_five] + ["-"] for r in runs.values()]
+    rows = [["Mask2Former (per frame)", *[cells(c) for c in zip(*per_frame)]]]
+    for name in dict.fromkeys(n for r in runs.values() for n in r["mpvss"]):
+        rows.append([name, *[cells(c) for c in zip(*(variant(r, name) for r in runs.values()))]])
+    seeds = " / ".join(str(s) for s in runs)
+    return tabulate(rows, headers=["model", *[f"mIoU K={i}, seed {seeds}" for i in KEY_INTERVALS],
+                                   *[f"{m} K=5, seed {seeds}" for m in at_five], f"mIoU lost at K=5, seed {seeds}"],
+                    tablefmt="github", disable_numparse=True)

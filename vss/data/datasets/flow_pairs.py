@@ -15,7 +15,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .synthetic import SYNTHETIC_DIRNAMES
+from .synthetic import SYNTHETIC_SETS
 from .vspw import load_vspw_layout
 
 MAX_GAP = 10
@@ -63,7 +63,7 @@ def register_flow_pairs(name, root, split, max_gap, both_directions):
 
 
 def register_all_synthetic_flow(datasets_root):
-    for prefix, dirname in SYNTHETIC_DIRNAMES.items():
-        root = os.path.join(datasets_root, dirname)
+    for prefix in SYNTHETIC_SETS:
+        root = os.path.join(datasets_root, prefix)
         register_flow_pairs(f"{prefix}_flow_train", root, "train", MAX_GAP, both_directions=True)
         register_flow_pairs(f"{prefix}_flow_val", root, "val", MAX_GAP, both_directions=False)

@@ -93,10 +93,14 @@ class ShiftedWindowMamba(nn.Module):
                 for layer in self.layers:
                     layer.mixer.out_proj.weight /= math.sqrt(num_layers)
 
+    def layer_shift(self, layer):
+        """The window offset of Mamba layer `layer`: the shift on odd layers, none on even ones."""
+        return self.shift if layer % 2 else 0
+
     def groups(self, layer, height, width):
         # int(): under torch.jit.trace (fvcore) sizes are tensors, which would key the cache by
         # identity and cut the map into other groups than a plain run (states would not fit)
-        return window_groups(int(height), int(width), self.window_size, self.shift if layer % 2 else 0)
+        return window_groups(int(height), int(width), self.window_size, self.layer_shift(layer))
 
     def forward(self, x, states=None):
         """x (B, T, C, H, W): T consecutive frames of B videos (H, W multiples of the window).

@@ -82,6 +82,23 @@ class Mamba(nn.Module):
 
         Returns (out (B, L, d_model), MambaState after the last token).
         """
+        x, z, delta, B, C, conv_state = self.scan_inputs(hidden, state)
+        y, ssm_state = selective_scan(
+            x, delta, self.decays(), B, C, at_least_float32(self.D), z=z,
+            delta_bias=at_least_float32(self.dt_proj.bias), delta_softplus=True,
+            initial_state=None if state is None else state.ssm_state, return_final_state=True,
+        )
+        out = self.out_proj(y.transpose(1, 2))
+        return out, MambaState(conv_state=conv_state, ssm_state=ssm_state)
+
+    def scan_inputs(self, hidden, state=None):
+        """What the selective scan of `forward` takes from `hidden` and the conv state of `state`.
+
+        Returns (x, z, delta, B, C, conv_state): x, z, delta (B, d_inner, L), B, C (B, d_state,
+        L) and the conv state after the last token; delta is before dt_proj's bias and the
+        softplus, which the scan applies (as mamba-ssm's), so the step sizes are
+        softplus(delta + dt_proj.bias).
+        """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"Mamba expects (batch, length, {self.d_model}) tokens, got {tuple(hidden.shape)}")
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
@@ -90,15 +107,12 @@ class Mamba(nn.Module):
             initial_state=None if state is None else state.conv_state, return_final_state=True, activation="silu",
         )
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # dt_proj's bias goes into the scan (added before softplus there), as in mamba-ssm.
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-        y, ssm_state = selective_scan(
-            x, delta, -torch.exp(at_least_float32(self.A_log)), B.transpose(1, 2), C.transpose(1, 2),
-            at_least_float32(self.D), z=z, delta_bias=at_least_float32(self.dt_proj.bias), delta_softplus=True,
-            initial_state=None if state is None else state.ssm_state, return_final_state=True,
-        )
-        out = self.out_proj(y.transpose(1, 2))
-        return out, MambaState(conv_state=conv_state, ssm_state=ssm_state)
+        return x, z, delta, B.transpose(1, 2), C.transpose(1, 2), conv_state
+
+    def decays(self):
+        """A (d_inner, d_state): the scan's state decays by exp(step * A) per token."""
+        return -torch.exp(at_least_float32(self.A_log))
 
 
 def at_least_float32(t):
