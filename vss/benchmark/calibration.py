@@ -20,6 +20,7 @@ from ..data.synthetic import LABEL_OFFSET, generate, render_video
 from ..data.video_effects import resolve_effects
 from ..engine import evaluate, load_cfg, train_once
 from ..evaluation.scan_resolution import at_scan_resolution
+from ..evaluation.vss_evaluator import confusion_scores
 from .synthetic import CONFIGS, DATA, TV3S_SCALE, register, sizes
 
 __all__ = ["TARGETS", "copy_loss", "per_frame", "calibrate", "of_benchmark"]
@@ -30,13 +31,6 @@ COPY, MVC8, CEILING = ("copy of the ground truth, K=5: mIoU loss", "per-frame mV
                        "scan-resolution ceiling: SegFormer mIoU loss")
 TARGETS = {COPY: (5, 10), MVC8: (80, 90), CEILING: (None, 2)}
 CAL_TRAIN, CAL_VAL = "synthetic_calibration_train", "synthetic_calibration_val"
-
-
-def _miou(conf):
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = conf.sum(1) > 0
-    return 100 * float((tp[present] / union[present]).mean())
 
 
 def copy_loss(effects, seed=0, key_interval=5, data=DATA):
@@ -53,7 +47,7 @@ def copy_loss(effects, seed=0, key_interval=5, data=DATA):
         for t in range(len(labels)):
             key = labels[t - t % key_interval]
             conf += np.bincount(labels[t].ravel() * n + key.ravel(), minlength=n * n).reshape(n, n)
-    return 100 - _miou(conf)
+    return 100 - float(confusion_scores(conf)["mIoU"])
 
 
 def per_frame(effects, output, iters, scale=TV3S_SCALE, seed=0, log=print, data=DATA):

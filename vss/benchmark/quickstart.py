@@ -11,7 +11,7 @@ import torch
 from tabulate import tabulate
 
 from ..engine.runs import METRICS
-from . import REPO
+from . import REPO, per_seed
 
 FLOWNETS = "configs/synthetic/flownets_pretrain.yaml"
 PER_FRAME = "configs/synthetic/mask2former_tiny.yaml"
@@ -77,7 +77,7 @@ def seeds_table(runs, metrics=("mIoU", "mVC8")):
     metric, each seed's value and the spread (largest minus smallest). Models are matched by name, in
     the order they first appear; a seed whose file lacks a model (a run of an older quickstart) shows
     "-", and the spread is over the seeds that have it."""
-    seeds = " / ".join(str(r["seed"]) for r in runs)
+    seeds = per_seed(str(r["seed"]) for r in runs)
     by_name = [{m["model"]: m for m in r["models"]} for r in runs]
     names = list(dict.fromkeys(name for models in by_name for name in models))
     rows = []
@@ -86,7 +86,7 @@ def seeds_table(runs, metrics=("mIoU", "mVC8")):
         for metric in metrics:
             values = [models[name][metric] if name in models else None for models in by_name]
             present = [v for v in values if v is not None]
-            row += [" / ".join("-" if v is None else f"{v:.1f}" for v in values),
+            row += [per_seed(values),
                     f"{max(present) - min(present):.1f}"]
         rows.append(row)
     headers = ["model"] + [h for m in metrics for h in (f"{m}, SEED {seeds}", "spread")]

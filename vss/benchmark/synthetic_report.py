@@ -5,6 +5,7 @@ from tabulate import tabulate
 from ..engine import METRICS
 from ..engine.temporal_contribution import RESET
 from ..evaluation.vss_evaluator import CONTEXT_METRICS
+from . import per_seed
 from .calibration import TARGETS
 from .synthetic import KEY_INTERVALS
 
@@ -65,10 +66,9 @@ def calibration_table(runs):
         return f"at most {high}" if low is None else f"{low} to {high}"
 
     rows = [[name, target(*TARGETS[name]),
-             " / ".join("-" if name not in numbers else f"{numbers[name]:.1f}" for numbers in runs.values())]
+             per_seed(numbers.get(name) for numbers in runs.values())]
             for name in TARGETS if any(name in numbers for numbers in runs.values())]
-    seeds = " / ".join(str(s) for s in runs)
-    return tabulate(rows, headers=["number", "target", f"seed {seeds}"], tablefmt="github",
+    return tabulate(rows, headers=["number", "target", f"seed {per_seed(map(str, runs))}"], tablefmt="github",
                     disable_numparse=True)
 
 
@@ -180,9 +180,9 @@ def tv3s_seeds_table(runs, metrics=("mIoU", "mVC8", *CONTEXT_METRICS)):
               "SegFormer-B0 at TV3S's scan resolution": lambda r: r["segformer"]["scan resolution"],
               "SegFormer-B0 fine-tuned as TV3S (control)": lambda r: r["segformer"]["fine-tuned as TV3S"],
               **{f"TV3S ({mode})": (lambda r, mode=mode: r["tv3s"].get(mode, {})) for mode in modes}}
-    rows = [[name, *[" / ".join("-" if pick(r).get(m) is None else f"{pick(r)[m]:.1f}" for r in runs.values())
-                     for m in metrics]] for name, pick in models.items()]
-    seeds = " / ".join(str(s) for s in runs)
+    rows = [[name, *[per_seed(pick(r).get(m) for r in runs.values()) for m in metrics]]
+            for name, pick in models.items()]
+    seeds = per_seed(map(str, runs))
     return tabulate(rows, headers=["model", *[f"{m}, seed {seeds}" for m in metrics]], tablefmt="github",
                     disable_numparse=True)
 
@@ -195,9 +195,6 @@ def mpvss_summary_table(runs):
     first = next(iter(runs.values()))
     at_five = ["mVC8", *[m for m in CONTEXT_METRICS if m in first["mask2former"]]]
 
-    def cells(per_seed):
-        return " / ".join("-" if v is None else v for v in per_seed)
-
     def variant(res, name):
         if name not in res["mpvss"]:
             return [None] * (len(KEY_INTERVALS) + len(at_five) + 1)
@@ -207,10 +204,10 @@ def mpvss_summary_table(runs):
 
     per_frame = [[f"{r['mask2former']['mIoU']:.1f}"] * len(KEY_INTERVALS)
                  + [f"{r['mask2former'][m]:.1f}" for m in at_five] + ["-"] for r in runs.values()]
-    rows = [["Mask2Former (per frame)", *[cells(c) for c in zip(*per_frame)]]]
+    rows = [["Mask2Former (per frame)", *[per_seed(c) for c in zip(*per_frame)]]]
     for name in dict.fromkeys(n for r in runs.values() for n in r["mpvss"]):
-        rows.append([name, *[cells(c) for c in zip(*(variant(r, name) for r in runs.values()))]])
-    seeds = " / ".join(str(s) for s in runs)
+        rows.append([name, *[per_seed(c) for c in zip(*(variant(r, name) for r in runs.values()))]])
+    seeds = per_seed(map(str, runs))
     return tabulate(rows, headers=["model", *[f"mIoU K={i}, seed {seeds}" for i in KEY_INTERVALS],
                                    *[f"{m} K=5, seed {seeds}" for m in at_five], f"mIoU lost at K=5, seed {seeds}"],
                     tablefmt="github", disable_numparse=True)

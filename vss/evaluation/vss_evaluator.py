@@ -60,6 +60,26 @@ MIOU_CLASSES = ("gt", "gt_or_pred")
 CONTEXT_METRICS = ("mIoU (context)", "pACC (context)")
 
 
+def confusion_scores(conf, miou_classes="gt"):
+    """mIoU, WIoU, pACC and the per-class IoU ("iou", NaN for classes not in the ground truth) of a
+    confusion matrix (rows: ground truth, columns: prediction); `miou_classes` as TEST.VSS.MIOU_CLASSES."""
+    tp = np.diag(conf).astype(np.float64)
+    gt_pixels = conf.sum(axis=1).astype(np.float64)
+    pred_pixels = conf.sum(axis=0).astype(np.float64)
+    present = gt_pixels > 0
+    total = gt_pixels.sum()
+    iou = np.full(len(conf), math.nan)
+    iou[present] = tp[present] / (gt_pixels + pred_pixels - tp)[present]
+
+    res = OrderedDict()
+    averaged = present | (pred_pixels > 0) if miou_classes == "gt_or_pred" else present
+    res["mIoU"] = 100 * iou[present].sum() / averaged.sum() if present.any() else math.nan
+    res["WIoU"] = 100 * (gt_pixels[present] / total * iou[present]).sum() if total else math.nan
+    res["pACC"] = 100 * tp.sum() / total if total else math.nan
+    res["iou"] = iou
+    return res
+
+
 class VSSEvaluator(DatasetEvaluator):
     """Confusion-matrix metrics and video consistency over a video dataset."""
 
@@ -300,24 +320,9 @@ class VSSEvaluator(DatasetEvaluator):
         return res
 
     def _scores(self, conf):
-        """mIoU, WIoU, pACC and the per-class IoU ("iou") of a confusion matrix."""
-        tp = np.diag(conf).astype(np.float64)
-        gt_pixels = conf.sum(axis=1).astype(np.float64)
-        pred_pixels = conf.sum(axis=0).astype(np.float64)
-        present = gt_pixels > 0
-        total = gt_pixels.sum()
-        if not present.any():
+        if not conf.sum():
             logger.warning("dataset %s: no labelled pixel was evaluated", self._dataset_name)
-        iou = np.full(self._num_classes, math.nan)
-        iou[present] = tp[present] / (gt_pixels + pred_pixels - tp)[present]
-
-        res = OrderedDict()
-        averaged = present | (pred_pixels > 0) if self._miou_classes == "gt_or_pred" else present
-        res["mIoU"] = 100 * iou[present].sum() / averaged.sum() if present.any() else math.nan
-        res["WIoU"] = 100 * (gt_pixels[present] / total * iou[present]).sum() if total else math.nan
-        res["pACC"] = 100 * tp.sum() / total if total else math.nan
-        res["iou"] = iou
-        return res
+        return confusion_scores(conf, self._miou_classes)
 
     def _log(self, res, compute):
         pairs_per_row = 3
